@@ -1,0 +1,199 @@
+"""Load, validate and query the workflow config.
+
+One schema (``workflow/schemas/config.schema.yaml``) is the single source of
+truth for keys, types and defaults. ``load_config`` validates, fills defaults
+and runs the cross-reference checks that JSON schema cannot express; every
+error is a :class:`UserError` naming the key and the bad value.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import UserError
+from .io import stable_hash
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+TEMPLATE_FIELDS = {"text_a", "text_b", "mask"}
+# defaults are not filled below these (task-level overrides must stay sparse)
+_NO_DEFAULTS = (("tasks", "*", "prompt_tuning"),)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _resolve(node: dict, schema: dict) -> dict:
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), ref
+        node = schema
+        for part in ref[2:].split("/"):
+            node = node[part]
+    return node
+
+
+def _matches(path: tuple, pattern: tuple) -> bool:
+    return len(path) == len(pattern) and all(p == "*" or p == q for p, q in zip(pattern, path))
+
+
+def _fill_defaults(instance: Any, node: dict, schema: dict, path: tuple = ()) -> None:
+    if any(_matches(path, p) for p in _NO_DEFAULTS) or not isinstance(instance, dict):
+        return
+    node = _resolve(node, schema)
+    for key, sub in node.get("properties", {}).items():
+        sub_r = _resolve(sub, schema)
+        default = sub.get("default", sub_r.get("default"))  # a default beside a $ref wins
+        if key not in instance and (default is not None or "default" in sub_r):
+            instance[key] = copy.deepcopy(default)
+        if key in instance:
+            _fill_defaults(instance[key], sub_r, schema, path + (key,))
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in node.get("properties", {}):
+                _fill_defaults(value, extra, schema, path + (key,))
+
+
+def _schema_error(err: jsonschema.ValidationError, origin: str) -> UserError:
+    err = jsonschema.exceptions.best_match([err])
+    key = _key(err.absolute_path)
+    msg = err.message
+    if err.validator == "pattern" and err.schema.get("description"):
+        msg += f" ({err.schema['description']})"
+    if err.validator == "oneOf" and isinstance(err.instance, dict):
+        msg = (f"a task source needs exactly one of 'demo', 'hub' or 'path' with their own keys; "
+               f"got keys {sorted(err.instance)}")
+    return UserError(f"{origin}: key '{key}': {msg}")
+
+
+def validate(cfg: dict, origin: str = "config") -> dict:
+    """Validate ``cfg`` (in place: defaults are filled) and return it."""
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise _schema_error(errors[0], origin)
+    _fill_defaults(cfg, schema, schema)
+    _check_references(cfg, origin)
+    return cfg
+
+
+def load_config(source: str | os.PathLike | dict, origin: str | None = None) -> dict:
+    """Read (if a path), validate and default-fill a config."""
+    if isinstance(source, dict):
+        return validate(copy.deepcopy(source), origin or "config")
+    return validate(read_yaml(source), origin or str(source))
+
+
+def _check_references(cfg: dict, origin: str) -> None:
+    exp = cfg["experiment"]
+    for kind in ("tasks", "models"):
+        for name in exp[kind]:
+            if name not in cfg[kind]:
+                raise UserError(
+                    f"{origin}: key 'experiment.{kind}': unknown {kind[:-1]} '{name}'; "
+                    f"defined {kind}: {', '.join(sorted(cfg[kind]))}")
+    for name, task in cfg["tasks"].items():
+        where = f"{origin}: key 'tasks.{name}"
+        fields = {f for _, f, _, _ in string.Formatter().parse(task["template"]) if f is not None}
+        bad = fields - TEMPLATE_FIELDS
+        if bad:
+            raise UserError(f"{where}.template': unknown placeholder(s) {sorted(bad)}; "
+                            f"use {{text_a}}, {{text_b}} and {{mask}}")
+        if "text_a" not in fields:
+            raise UserError(f"{where}.template': the template must contain {{text_a}}")
+        if len(task["text_fields"]) == 2 and "text_b" not in fields:
+            raise UserError(f"{where}.template': a pair task (two text_fields) needs {{text_b}} in the template")
+        if len(task["text_fields"]) == 1 and "text_b" in fields:
+            raise UserError(f"{where}.template': {{text_b}} needs a second entry in text_fields")
+        if set(task["label_words"]) != set(task["label_names"]):
+            raise UserError(
+                f"{where}.label_words': keys {sorted(task['label_words'])} must match "
+                f"label_names {task['label_names']}")
+        src = task["source"]
+        if "demo" in src:
+            src.setdefault("size", 600)
+        if "path" in src:
+            src.setdefault("split_field", None)
+            if name in exp["tasks"] and not Path(src["path"]).exists():
+                raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
+                                f"(relative paths are read from {Path.cwd()})")
+    for name, model in cfg["models"].items():
+        source = model["source"]
+        if is_local_path(source) and name in exp["models"] and not Path(source).expanduser().is_dir():
+            raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist")
+        if source.startswith(("embedded:", "tiny:")):
+            from .models.registry import BUILTIN_SOURCES
+
+            if source not in BUILTIN_SOURCES:
+                raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
+                                f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
+
+
+def is_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or (not source.startswith(("embedded:", "tiny:")) and Path(source).is_dir())
+
+
+# --- queries used by the Snakefile and the steps -------------------------------------------
+
+def task_spec(cfg: dict, task: str) -> dict:
+    """Everything the data stage of ``task`` depends on (prompt settings excluded)."""
+    spec = copy.deepcopy(cfg["tasks"][task])
+    spec.pop("prompt_tuning", None)
+    spec["name"] = task
+    return spec
+
+
+def model_spec(cfg: dict, model: str) -> dict:
+    spec = copy.deepcopy(cfg["models"][model])
+    spec["name"] = model
+    return spec
+
+
+def pt_settings(cfg: dict, task: str) -> dict:
+    """Global prompt-tuning defaults overridden by the task's own ``prompt_tuning``."""
+    merged = copy.deepcopy(cfg["prompt_tuning"])
+    merged.update(cfg["tasks"][task].get("prompt_tuning") or {})
+    return merged
+
+
+def spec_hash(spec: Any) -> str:
+    return stable_hash(spec)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def check_name(value: str, what: str) -> str:
+    """Names become folder names: refuse separators and '..'."""
+    if not _NAME.match(value):
+        raise UserError(f"invalid {what} name '{value}': use letters, digits, '_' and '-' only")
+    return value

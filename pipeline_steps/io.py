@@ -1,0 +1,114 @@
+"""Atomic, deterministic artifact writing and reading.
+
+Every artifact is first written to a temporary file next to its final name and
+then renamed into place (``os.replace`` is atomic on POSIX), so a killed job
+never leaves a half-written file under a final name. Parquet files are written
+deterministically (fixed row-group size, no pandas index, metadata without
+timestamps) so that the same inputs give byte-identical files.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it to ``final`` on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=suffix or final.suffix or ".tmp", dir=final.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``df`` atomically and deterministically; ``metadata`` goes into the file's schema."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    # pandas metadata carries library versions only; replace it by our own provenance
+    meta = {}
+    if metadata:
+        meta[b"provenance"] = json.dumps(metadata, sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=1 << 20, compression="zstd", write_statistics=True)
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    from .errors import UserError
+
+    try:
+        return pq.read_table(path).to_pandas()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def parquet_provenance(path: str | os.PathLike) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"provenance")
+    return json.loads(raw) if raw else {}
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_tensors(tensors: Mapping[str, "torch.Tensor"], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+    """safetensors; every metadata value is stored JSON-encoded (``load_tensors`` decodes it)."""
+    from safetensors.torch import save_file
+
+    meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Return (tensors, metadata) of a safetensors file."""
+    from safetensors import safe_open
+
+    from .errors import UserError
+
+    if not Path(path).exists():
+        raise UserError(f"{path}: file not found")
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = {}
+        for k, v in (f.metadata() or {}).items():
+            try:
+                meta[k] = json.loads(v)
+            except ValueError:
+                meta[k] = v
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    return tensors, meta
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

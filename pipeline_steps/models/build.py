@@ -1,0 +1,209 @@
+"""Pipeline steps that build model folders: the MiniLM-L3 conversion and the tiny test models.
+
+Each writes a complete ``from_pretrained`` folder (config, safetensors weights,
+tokenizer, ``provenance.json``) into a temporary folder and renames it into
+place, so a killed job never leaves a half-built model under its final name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io import write_json
+from .registry import minilm_l3_onnx, minilm_l6_dir
+
+log = logging.getLogger(__name__)
+L3_TOLERANCE = 1e-4
+_PROBES = ["The movie was great.", "A man is playing guitar in the park.",
+           "Shares rose after the earnings report, but profits fell.", "hello"]
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike):
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --- MiniLM-L3 from ONNX -----------------------------------------------------------------------
+
+def onnx_to_bert_state(onnx_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Map the ONNX graph's weights onto ``BertModel`` parameter names.
+
+    Named initializers (embeddings, biases, LayerNorms) carry their module path; the
+    anonymous MatMul weights are named by the graph node that consumes them
+    (``.../encoder/layer.0/attention/self/query/MatMul``) and are transposed
+    (ONNX MatMul holds ``[in, out]``, ``nn.Linear`` holds ``[out, in]``).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    prefix = "model.0.auto_model."
+    state = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in inits.items() if k.startswith(prefix)}
+    for node in graph.node:
+        weights = [i for i in node.input if i in inits and not i.startswith(prefix)]
+        if node.op_type == "MatMul" and weights and "auto_model/" in node.name:
+            module = node.name.split("auto_model/", 1)[1].rsplit("/MatMul", 1)[0].replace("/", ".")
+            state[f"{module}.weight"] = torch.from_numpy(inits[weights[0]].T.copy())
+    return state
+
+
+def onnx_hidden_states(onnx_path, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """The ONNX model's own token embeddings (the ``[B, T, hidden]`` output)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)})
+    three_d = [o for o in outs if o.ndim == 3]
+    return three_d[0]
+
+
+def convert_minilm_l3(out_dir: str | os.PathLike) -> dict:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    onnx_path = minilm_l3_onnx()
+    state = onnx_to_bert_state(onnx_path)
+    n_layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+    base = BertConfig.from_pretrained(minilm_l6_dir())
+    config = BertConfig(**{**base.to_dict(), "num_hidden_layers": n_layers,
+                           "architectures": ["BertModel"], "_name_or_path": "paraphrase-MiniLM-L3-v2"})
+    torch.manual_seed(0)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    if missing or unexpected:
+        raise UserError(f"{onnx_path}: weights do not map onto BertModel (missing {missing}, unexpected {unexpected})")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_l6_dir())
+    enc = tokenizer(_PROBES, padding=True, return_tensors="np")
+    reference = onnx_hidden_states(onnx_path, enc["input_ids"], enc["attention_mask"])
+    with torch.no_grad():
+        ours = model(input_ids=torch.from_numpy(enc["input_ids"]).long(),
+                     attention_mask=torch.from_numpy(enc["attention_mask"]).long()).last_hidden_state.numpy()
+    m = enc["attention_mask"].astype(bool)
+    diff = float(np.abs(ours - reference)[m].max())
+    if not diff <= L3_TOLERANCE:
+        raise UserError(f"converted MiniLM-L3 differs from the ONNX model by {diff:.2e} (> {L3_TOLERANCE})")
+    report = {"step": "convert_minilm_l3", "onnx": Path(onnx_path).name, "layers": n_layers,
+              "max_abs_diff": diff, "tolerance": L3_TOLERANCE, "probes": len(_PROBES)}
+    log.info("MiniLM-L3: %d layers, max |ours - onnx| = %.2e", n_layers, diff)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(report, tmp / "provenance.json")
+    return report
+
+
+# --- tiny random-init models -------------------------------------------------------------------
+
+def demo_corpus() -> list[str]:
+    from ..data import demo
+
+    lines = []
+    for name in sorted(demo.GENERATORS):
+        df = demo.generate(name, 400, seed=0)
+        for col in df.columns:
+            lines += df[col].astype(str).tolist()
+    lines += ["It was great . good bad terrible yes no maybe sports science business politics news"]
+    return lines
+
+
+def _train_tokenizer(kind: str):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = demo_corpus()
+    if kind == "bert":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        tok.decoder = decoders.WordPiece()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    if kind == "roberta":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=800, special_tokens=specials,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")))
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                       pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    if kind == "t5":
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        specials = ["<pad>", "</s>", "<unk>"] + [f"<extra_id_{i}>" for i in range(4)]
+        tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=800, special_tokens=specials,
+                                                                unk_token="<unk>"))
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+        tok.decoder = decoders.Metaspace()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                                       additional_special_tokens=[f"<extra_id_{i}>" for i in range(4)])
+    raise UserError(f"unknown tiny model kind '{kind}' (bert | roberta | t5)")
+
+
+def build_tiny(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> dict:
+    """A 2-layer random-init model (hidden 32) with a tokenizer trained on the demo corpus."""
+    from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM, T5Config, T5ForConditionalGeneration
+
+    tok = _train_tokenizer(kind)
+    vocab = len(tok)
+    torch.manual_seed(seed)
+    if kind == "bert":
+        cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=160, pad_token_id=tok.pad_token_id)
+        model = BertForMaskedLM(cfg)
+    elif kind == "roberta":
+        cfg = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=162, pad_token_id=tok.pad_token_id,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        model = RobertaForMaskedLM(cfg)
+    else:
+        cfg = T5Config(vocab_size=vocab, d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
+                       num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                       decoder_start_token_id=tok.pad_token_id, feed_forward_proj="relu")
+        model = T5ForConditionalGeneration(cfg)
+    model.config.architectures = [type(model).__name__]
+    report = {"step": "build_tiny_model", "kind": kind, "seed": seed, "vocab_size": vocab,
+              "parameters": sum(p.numel() for p in model.parameters())}
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(report, tmp / "provenance.json")
+    log.info("built tiny %s model (%d parameters, vocab %d) in %s", kind, report["parameters"], vocab, out_dir)
+    return report
+
+
+def build(*, source: str, out_dir: str) -> dict:
+    """Rule entry point: build the folder that ``source`` needs."""
+    if source == "embedded:minilm-l3":
+        return convert_minilm_l3(out_dir)
+    if source.startswith("tiny:"):
+        return build_tiny(source.split(":", 1)[1], out_dir)
+    raise UserError(f"nothing to build for model source '{source}'")

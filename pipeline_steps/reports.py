@@ -1,0 +1,66 @@
+"""Tables and figures that summarise the runs."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from .io import atomic_path, read_json, read_parquet, stable_hash, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def save_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png",
+                    metadata={"Software": None} if str(path).endswith(".png") else None)
+    plt.close(fig)
+
+
+def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list[str], table: str,
+                            scores_figure: str, curves_figure: str) -> pd.DataFrame:
+    """One row per (model, task, seed) run: settings, best dev and test score, time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for meta_path, score_path in zip(metas, scores):
+        meta, result = read_json(meta_path), read_json(score_path)
+        rows.append({"model": meta["model"], "task": meta["task"], "seed": meta["seed"],
+                     "verbalizer": meta["verbalizer"], "prompt_length": meta["prompt_length"],
+                     "steps": meta["steps"], "metric": result["metric"], "dev_score": meta["best_dev_score"],
+                     "best_step": meta["best_step"], "test_score": result["score"], "n_test": result["n"],
+                     "train_seconds": meta["train_seconds"], "config_hash": meta["config_hash"]})
+    df = pd.DataFrame(rows).sort_values(["model", "task", "seed"]).reset_index(drop=True)
+    write_parquet(df, table, metadata={"step": "summarise_prompts", "inputs_hash": stable_hash(rows)})
+
+    mean = df.groupby(["task", "model"])["test_score"].mean().unstack("model")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(mean), 3.6))
+    mean.plot.bar(ax=ax, rot=20, width=0.8)
+    ax.set_ylabel("test score (mean over seeds)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Prompt tuning: test score per task and model")
+    ax.legend(fontsize=8)
+    save_figure(fig, scores_figure)
+
+    fig, axes = plt.subplots(1, df["model"].nunique(), figsize=(5 * df["model"].nunique(), 3.6), squeeze=False)
+    for ax, (model, _) in zip(axes[0], df.groupby("model")):
+        for path in curves:
+            curve = read_parquet(path)
+            parts = Path(path).parts
+            if model not in parts:
+                continue
+            task, seed = parts[-3], parts[-2]
+            ax.plot(curve["step"], curve["dev_score"], marker="o", ms=3, label=f"{task} {seed}")
+        ax.set_title(f"{model}: dev score during training")
+        ax.set_xlabel("step")
+        ax.set_ylabel("dev score")
+        ax.legend(fontsize=7)
+    save_figure(fig, curves_figure)
+    log.info("summary of %d runs written to %s", len(df), table)
+    return df

@@ -1,0 +1,86 @@
+"""Shared set-up for steps that run a model: threads, device, seeds, logging, and the
+(backbone, tokenizer, verbalizer) bundle for one model and task."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .models.backbone import Backbone
+from .models.registry import load_hf_model, load_tokenizer
+from .verbalizers import Verbalizer, build_verbalizer
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:  # one log line per event, not a progress bar per weight-loading call
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(max(1, int(n)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(spec: dict) -> torch.device:
+    if spec.get("device", "cpu") == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"model '{spec['name']}' asks for device cuda, but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast(spec: dict, device: torch.device):
+    """Mixed precision on CUDA when the model's dtype asks for it; a no-op otherwise."""
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(spec.get("dtype", "float32"))
+    if device.type == "cuda" and dtype is not None:
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+@dataclass
+class Bundle:
+    backbone: Backbone
+    tokenizer: object
+    device: torch.device
+    spec: dict
+
+    def verbalizer(self, task_spec: dict) -> Verbalizer:
+        return build_verbalizer(self.spec.get("verbalizer", "auto"), self.backbone, self.tokenizer,
+                                task_spec["label_words"], task_spec["label_names"],
+                                pooling=self.spec.get("pooling", "mask"),
+                                scale=self.spec.get("embedding_scale", 20.0))
+
+    @property
+    def verbalizer_kind(self) -> str:
+        kind = self.spec.get("verbalizer", "auto")
+        return ("mlm" if self.backbone.has_mlm_head else "embedding") if kind == "auto" else kind
+
+
+def load_bundle(model_spec: dict) -> Bundle:
+    device = resolve_device(model_spec)
+    tokenizer = load_tokenizer(model_spec)
+    backbone = Backbone(load_hf_model(model_spec)).to(device)
+    log.info("loaded model %s (%s, %d layers, hidden %d) on %s", model_spec["name"],
+             type(backbone.hf).__name__, backbone.num_layers, backbone.hidden_size, device)
+    return Bundle(backbone, tokenizer, device, model_spec)

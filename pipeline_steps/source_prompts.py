@@ -1,0 +1,97 @@
+"""Steps that train a soft prompt on one (model, task, seed) and evaluate it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .errors import UserError
+from .io import load_tensors, read_parquet, save_tensors, stable_hash, write_json, write_parquet
+from .runtime import autocast, load_bundle, seed_everything, set_threads
+from .training import Checkpoint, TokenizedSplit, predict, score, train_prompt
+from .tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt
+
+log = logging.getLogger(__name__)
+
+
+def check_lengths(bundle, cfg: PromptTuningConfig, model_name: str) -> None:
+    limit = bundle.backbone.max_positions
+    if limit is not None and cfg.prompt_length + cfg.max_length > limit:
+        raise UserError(f"model '{model_name}': prompt_length {cfg.prompt_length} + max_length {cfg.max_length} "
+                        f"exceeds the model's {limit} positions; lower one of them")
+
+
+def load_splits(tokenized: str, pad_id: int, splits=("train", "dev", "test")) -> dict[str, TokenizedSplit]:
+    df = read_parquet(tokenized)
+    return {s: TokenizedSplit.from_frame(df, s, pad_id) for s in splits}
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, tokenized: str, prompt: str,
+          curve: str, meta: str, checkpoint: str | None = None, threads: int = 1) -> dict:
+    """Train a soft prompt; write ``prompt`` (safetensors), ``curve`` (Parquet), ``meta`` (JSON)."""
+    set_threads(threads)
+    seed_everything(seed)
+    cfg = PromptTuningConfig.from_dict(settings)
+    bundle = load_bundle(model_spec)
+    check_lengths(bundle, cfg, model_spec["name"])
+    data = load_splits(tokenized, pad_id(bundle.tokenizer), ("train", "dev"))
+    verbalizer = bundle.verbalizer(task_spec)
+    init = init_prompt(bundle.backbone, cfg.prompt_length, cfg.init, torch.Generator().manual_seed(seed),
+                       bundle.tokenizer.all_special_ids)
+    model = PromptModel(bundle.backbone, verbalizer, init)
+    provenance = {"model": model_spec["name"], "model_source": model_spec["source"], "task": task_spec["name"],
+                  "seed": seed, "prompt_length": cfg.prompt_length, "verbalizer": verbalizer.kind,
+                  "hidden_size": bundle.backbone.hidden_size, "settings": cfg.to_dict()}
+    provenance["config_hash"] = stable_hash([model_spec, task_spec, cfg.to_dict(), seed])
+    describe = f"prompt tuning {model_spec['name']}/{task_spec['name']}/seed{seed}"
+    ckpt = Checkpoint(checkpoint) if checkpoint else None
+    best, state = train_prompt(model, data["train"], data["dev"], cfg, seed=seed, metric=task_spec["metric"],
+                               device=bundle.device, checkpoint=ckpt, tag=provenance["config_hash"],
+                               describe=describe, amp=autocast(model_spec, bundle.device))
+    provenance.update(best_dev_score=state.best_score, best_step=state.best_step, steps=state.step,
+                      train_seconds=round(state.elapsed, 3), metric=task_spec["metric"])
+    write_parquet(pd.DataFrame(state.curve), curve, metadata=provenance)
+    save_tensors({"prompt": best}, prompt, metadata=provenance)
+    write_json(provenance, meta)
+    if ckpt:
+        ckpt.remove()
+    return provenance
+
+
+def load_prompt(path: str) -> tuple[torch.Tensor, dict]:
+    tensors, meta = load_tensors(path)
+    if "prompt" not in tensors:
+        raise UserError(f"{path}: not a prompt artifact (no 'prompt' tensor)")
+    return tensors["prompt"], meta
+
+
+def evaluate(*, model_spec: dict, task_spec: dict, prompt: str, tokenized: str, predictions: str,
+             scores: str, batch_size: int = 64, threads: int = 1, split: str = "test") -> dict:
+    """Score a prompt on a task's split; write per-example predictions (Parquet) and scores (JSON)."""
+    set_threads(threads)
+    bundle = load_bundle(model_spec)
+    tensor, meta = load_prompt(prompt)
+    if tensor.shape[1] != bundle.backbone.hidden_size:
+        raise UserError(f"{prompt}: prompt width {tensor.shape[1]} does not match model "
+                        f"'{model_spec['name']}' (hidden {bundle.backbone.hidden_size})")
+    data = load_splits(tokenized, pad_id(bundle.tokenizer), (split,))[split]
+    model = PromptModel(bundle.backbone, bundle.verbalizer(task_spec), tensor)
+    logits = predict(model, data, batch_size, bundle.device, amp=autocast(model_spec, bundle.device))
+    preds = logits.argmax(1)
+    value = score(preds, data.labels, task_spec["metric"], len(task_spec["label_names"]))
+    result = {"model": model_spec["name"], "task": task_spec["name"], "seed": meta.get("seed"),
+              "split": split, "metric": task_spec["metric"], "score": value, "n": int(len(preds)),
+              "prompt_config_hash": meta.get("config_hash")}
+    frame = pd.DataFrame({"label": data.labels, "pred": preds})
+    frame[[f"logit_{i}" for i in range(logits.shape[1])]] = logits
+    write_parquet(frame, predictions, metadata=result)
+    write_json(result, scores)
+    log.info("%s/%s: %s %s = %.4f (n=%d)", model_spec["name"], task_spec["name"], split, task_spec["metric"],
+             value, len(preds))
+    return result

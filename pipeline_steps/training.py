@@ -1,0 +1,214 @@
+"""Batching, evaluation and the resumable prompt-training loop."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .io import atomic_path, load_tensors, save_tensors
+from .tuners.prompt_tuning import PromptTuningConfig
+
+log = logging.getLogger(__name__)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class TokenizedSplit:
+    input_ids: list[np.ndarray]
+    mask_pos: np.ndarray
+    labels: np.ndarray
+    pad_id: int
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, split: str, pad_id: int) -> "TokenizedSplit":
+        part = df[df["split"] == split]
+        return cls(list(part["input_ids"]), part["mask_pos"].to_numpy(), part["label"].to_numpy(), pad_id)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, rows: np.ndarray, device) -> dict:
+        seqs = [self.input_ids[i] for i in rows]
+        width = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = s
+            mask[r, : len(s)] = 1
+        return {
+            "input_ids": torch.from_numpy(ids).to(device),
+            "attention_mask": torch.from_numpy(mask).to(device),
+            "mask_pos": torch.from_numpy(self.mask_pos[rows].copy()).to(device),
+            "labels": torch.from_numpy(self.labels[rows].astype(np.int64)).to(device),
+        }
+
+    def batches(self, batch_size: int, device):
+        order = np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start:start + batch_size], device)
+
+
+def score(preds: np.ndarray, labels: np.ndarray, metric: str, num_classes: int) -> float:
+    if metric == "accuracy":
+        return float((preds == labels).mean())
+    if metric == "macro_f1":
+        f1s = []
+        for c in range(num_classes):
+            tp = np.sum((preds == c) & (labels == c))
+            fp = np.sum((preds == c) & (labels != c))
+            fn = np.sum((preds != c) & (labels == c))
+            f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+        return float(np.mean(f1s))
+    raise ValueError(f"unknown metric {metric}")
+
+
+@torch.no_grad()
+def predict(model, data: TokenizedSplit, batch_size: int, device, prompt=None, amp=None) -> np.ndarray:
+    """Class logits ``[N, C]`` for a split, in its row order."""
+    model.eval()
+    out = []
+    for b in data.batches(batch_size, device):
+        with amp or torch.autocast("cpu", enabled=False):
+            logits = model(b["input_ids"], b["attention_mask"], b["mask_pos"], prompt=prompt)
+        out.append(logits.float().cpu())
+    return torch.cat(out).numpy()
+
+
+# --- training -----------------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int = 0
+    elapsed: float = 0.0
+    curve: list = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: PromptTuningConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+class Checkpoint:
+    """Everything needed to resume bit-for-bit: prompt, best prompt and AdamW moments
+    (safetensors), counters and curve (JSON). Written atomically, tensors first; the
+    batch sampler needs no state (it is a function of seed and step)."""
+
+    def __init__(self, path: str | Path):
+        self.tensors = Path(path)
+        self.state = self.tensors.with_suffix(".json")
+
+    def exists(self) -> bool:
+        return self.tensors.exists() and self.state.exists()
+
+    def save(self, model, best_prompt, optimizer, state: TrainState, tag: str) -> None:
+        opt = optimizer.state.get(model.prompt, {})
+        tensors = {"prompt": model.prompt.data, "best_prompt": best_prompt}
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in opt:
+                tensors[f"opt.{k}"] = opt[k]
+        save_tensors(tensors, self.tensors, metadata={"tag": tag})
+        payload = {"tag": tag, "step": state.step, "best_score": state.best_score, "best_step": state.best_step,
+                   "elapsed": state.elapsed, "curve": state.curve,
+                   "opt_step": float(opt["step"]) if "step" in opt else None}
+        with atomic_path(self.state) as tmp:
+            tmp.write_text(json.dumps(payload))
+
+    def load(self, model, optimizer, tag: str) -> tuple[TrainState, torch.Tensor]:
+        payload = json.loads(self.state.read_text())
+        tensors, meta = load_tensors(self.tensors)
+        if payload["tag"] != tag or meta.get("tag") != tag:
+            raise RuntimeError("checkpoint belongs to other settings")
+        model.prompt.data.copy_(tensors["prompt"])
+        if payload["opt_step"] is not None:
+            optimizer.state[model.prompt] = {
+                "step": torch.tensor(payload["opt_step"]),
+                "exp_avg": tensors["opt.exp_avg"].to(model.prompt.device),
+                "exp_avg_sq": tensors["opt.exp_avg_sq"].to(model.prompt.device)}
+        state = TrainState(payload["step"], payload["best_score"], payload["best_step"],
+                           payload["elapsed"], payload["curve"])
+        return state, tensors["best_prompt"]
+
+    def remove(self) -> None:
+        self.tensors.unlink(missing_ok=True)
+        self.state.unlink(missing_ok=True)
+
+
+def train_prompt(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, *, seed: int,
+                 metric: str, device, checkpoint: Checkpoint | None = None, tag: str = "",
+                 describe: str = "", amp=None, on_eval: Callable | None = None):
+    """Train ``model.prompt``; return (best prompt, TrainState with the curve).
+
+    Batches are drawn epoch-wise from a seeded generator; the dev score is computed
+    every ``eval_every`` steps and at the end; the best prompt (earliest on ties) is kept.
+    """
+    optimizer = torch.optim.AdamW([model.prompt], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = TrainState()
+    best_prompt = model.prompt.detach().clone().cpu()
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            state, best_prompt = checkpoint.load(model, optimizer, tag)
+            log.info("%s: resumed from checkpoint at step %d", describe, state.step)
+        except (RuntimeError, KeyError, ValueError) as e:
+            log.warning("%s: ignoring unusable checkpoint (%s)", describe, e)
+            state = TrainState()
+    num_classes = model.verbalizer.num_classes
+    # the sampler is a pure function of (seed, step): epoch e uses its own seeded permutation,
+    # so a resumed run draws exactly the batches an uninterrupted one would
+    per_epoch = max(1, len(train) // cfg.batch_size)
+    order, order_epoch = None, -1
+    t0 = time.perf_counter() - state.elapsed
+    last_loss = float("nan")
+    while state.step < cfg.steps:
+        epoch, pos = divmod(state.step, per_epoch)
+        if epoch != order_epoch:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order, order_epoch = torch.randperm(len(train), generator=g), epoch
+        rows = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size].numpy()
+        b = train.batch(rows, device)
+        model.train()
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(state.step, cfg)
+        with amp or torch.autocast("cpu", enabled=False):
+            logits = model(b["input_ids"], b["attention_mask"], b["mask_pos"])
+        loss = F.cross_entropy(logits.float(), b["labels"])
+        if not torch.isfinite(loss):
+            raise UserError(f"{describe}: loss is {loss.item()} at step {state.step + 1}; "
+                            f"lower the learning rate (now {cfg.lr}) or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([model.prompt], cfg.grad_clip)
+        optimizer.step()
+        state.step += 1
+        last_loss = loss.item()
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)
+            dev_score = score(logits.argmax(1), dev.labels, metric, num_classes)
+            state.elapsed = time.perf_counter() - t0
+            state.curve.append({"step": state.step, "loss": last_loss, "dev_score": dev_score,
+                                "elapsed_seconds": round(state.elapsed, 3)})
+            if dev_score > state.best_score:
+                state.best_score, state.best_step = dev_score, state.step
+                best_prompt = model.prompt.detach().clone().cpu()
+            log.info("%s: step %d/%d loss %.4f dev %s %.4f (best %.4f @ %d) %.1fs", describe, state.step,
+                     cfg.steps, last_loss, metric, dev_score, state.best_score, state.best_step, state.elapsed)
+            if on_eval:
+                on_eval(state)
+        if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+            state.elapsed = time.perf_counter() - t0
+            checkpoint.save(model, best_prompt, optimizer, state, tag)
+    state.elapsed = time.perf_counter() - t0
+    return best_prompt, state

@@ -1,0 +1,1 @@
+"""Prompt methods: one module per method, each a config dataclass and a model wrapper."""

@@ -1,0 +1,129 @@
+"""Frozen, shared verbalizers: from a PLM's output to one score per class.
+
+The verbalizer holds no trainable parameter, so a prompt trained on one task can
+be applied to another task (zero-shot transfer) with nothing new to learn.
+
+* ``MLMVerbalizer`` (Su et al.): the MLM head's logits at the mask position,
+  restricted to each class's label words and averaged per class. The head runs
+  at the mask position only. For T5, the first decoder step's logits.
+* ``EmbeddingVerbalizer`` (this project's adaptation for encoders without an MLM
+  head, such as the embedded MiniLM sentence encoders): the cosine between the
+  model's output (at the mask position, or mean-pooled) and the frozen model's
+  own encoding of each class's label words, times a fixed scale.
+
+Both keep a ``[C, W]`` weight matrix over the label words, which is where a
+knowledgeable verbalizer (KPT) plugs in its refined word sets and weights.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .models.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+
+def label_word_ids(tokenizer, label_words: dict[str, list[str]], label_names: list[str]) -> tuple[list[int], torch.Tensor]:
+    """First sub-token of each label word (with a leading space for BPE vocabularies).
+
+    Returns the flat list of token ids and a ``[C, W]`` row-normalised averaging matrix.
+    """
+    ids, owner = [], []
+    for c, name in enumerate(label_names):
+        for word in label_words[name]:
+            toks = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+            if not toks or (len(toks) == 1 and toks[0] == tokenizer.unk_token_id):
+                raise UserError(f"label word '{word}' of class '{name}' tokenises to nothing usable "
+                                f"with this model's tokenizer")
+            if len(toks) > 1:
+                log.info("label word '%s' spans %d tokens; its first token is used", word, len(toks))
+            ids.append(toks[0])
+            owner.append(c)
+    weights = torch.zeros(len(label_names), len(ids))
+    for j, c in enumerate(owner):
+        weights[c, j] = 1.0
+    return ids, weights / weights.sum(1, keepdim=True)
+
+
+class Verbalizer(nn.Module):
+    kind: str = ""
+
+    def __init__(self, word_ids: list[int], weights: torch.Tensor):
+        super().__init__()
+        self.register_buffer("word_ids", torch.tensor(word_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("weights", weights.float(), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.weights.shape[0]
+
+    def forward(self, backbone: Backbone, inputs_embeds, attention_mask, mask_pos) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MLMVerbalizer(Verbalizer):
+    kind = "mlm"
+
+    def forward(self, backbone, inputs_embeds, attention_mask, mask_pos):
+        if backbone.is_seq2seq:
+            logits = backbone.first_step_logits(inputs_embeds, attention_mask)
+        else:
+            hidden = backbone.encode(inputs_embeds, attention_mask)
+            at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
+            logits = backbone.mlm_logits(at_mask)
+        return logits[:, self.word_ids].float() @ self.weights.T
+
+
+class EmbeddingVerbalizer(Verbalizer):
+    kind = "embedding"
+
+    def __init__(self, word_ids, weights, class_vectors: torch.Tensor, pooling: str = "mask", scale: float = 20.0):
+        super().__init__(word_ids, weights)
+        self.register_buffer("class_vectors", F.normalize(class_vectors.float(), dim=-1), persistent=False)
+        self.pooling = pooling
+        self.scale = scale
+
+    @staticmethod
+    @torch.no_grad()
+    def encode_label_words(backbone: Backbone, tokenizer, label_words, label_names) -> torch.Tensor:
+        """The frozen model's mean-pooled encoding of each class's label words (no prompt)."""
+        device = backbone.word_embeddings.weight.device
+        vecs = []
+        for name in label_names:
+            enc = tokenizer(label_words[name], padding=True, return_tensors="pt").to(device)
+            hidden = backbone.encode(backbone.embed(enc["input_ids"]), enc["attention_mask"]).float()
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            words = F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+            vecs.append(words.mean(0))
+        return torch.stack(vecs)
+
+    def forward(self, backbone, inputs_embeds, attention_mask, mask_pos):
+        hidden = backbone.encode(inputs_embeds, attention_mask).float()
+        if self.pooling == "mask":
+            rep = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
+        else:
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            rep = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.scale * F.normalize(rep, dim=-1) @ self.class_vectors.T
+
+
+def build_verbalizer(kind: str, backbone: Backbone, tokenizer, label_words, label_names,
+                     pooling: str = "mask", scale: float = 20.0) -> Verbalizer:
+    """``kind`` in {auto, mlm, embedding}; auto -> mlm when the model has an MLM head."""
+    if kind == "auto":
+        kind = "mlm" if backbone.has_mlm_head else "embedding"
+    ids, weights = label_word_ids(tokenizer, label_words, label_names)
+    if kind == "mlm":
+        if not backbone.has_mlm_head:
+            raise UserError("verbalizer 'mlm' needs a model with an MLM head (or T5); "
+                            "this one is a bare encoder: use verbalizer 'embedding'")
+        verb = MLMVerbalizer(ids, weights)
+    else:
+        vecs = EmbeddingVerbalizer.encode_label_words(backbone, tokenizer, label_words, label_names)
+        verb = EmbeddingVerbalizer(ids, weights, vecs, pooling=pooling, scale=scale)
+    return verb.to(backbone.word_embeddings.weight.device)

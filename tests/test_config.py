@@ -1,0 +1,122 @@
+import copy
+
+import pytest
+import yaml
+
+from pipeline_steps.config import load_config, pt_settings, task_spec
+from pipeline_steps.errors import UserError
+
+
+def test_repo_config_is_valid_and_defaults_filled(repo_config):
+    assert repo_config["experiment"]["tasks"] == ["movies", "products", "nli", "topics"]
+    assert repo_config["models"]["minilm-l6"]["device"] == "cpu"
+    assert repo_config["tasks"]["movies"]["split"]["seed"] == 13
+    # the 13 registry tasks of the paper ship as entries
+    for name in ["sst2", "imdb", "laptop", "restaurant", "movierationales", "tweeteval", "mnli", "qnli",
+                 "snli", "deontology", "justice", "qqp", "mrpc"]:
+        assert "hub" in repo_config["tasks"][name]["source"], name
+
+
+def test_task_overrides_stay_sparse_and_merge(repo_config):
+    assert repo_config["tasks"]["imdb"]["prompt_tuning"] == {"max_length": 256}
+    merged = pt_settings(repo_config, "imdb")
+    assert merged["max_length"] == 256 and merged["steps"] == repo_config["prompt_tuning"]["steps"]
+    assert "prompt_tuning" not in task_spec(repo_config, "imdb")
+
+
+def _expect(cfg, *fragments):
+    with pytest.raises(UserError) as e:
+        load_config(cfg)
+    for f in fragments:
+        assert f in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def test_unknown_key_named(minimal_config):
+    minimal_config["tasks"]["t"]["tempalte"] = "x"
+    _expect(minimal_config, "tasks.t", "tempalte")
+
+
+def test_wrong_type_named(minimal_config):
+    minimal_config["prompt_tuning"] = {"steps": "many"}
+    _expect(minimal_config, "prompt_tuning.steps", "'many'")
+
+
+def test_template_without_mask(minimal_config):
+    minimal_config["tasks"]["t"]["template"] = "{text_a} It was good."
+    _expect(minimal_config, "tasks.t.template", "mask")
+
+
+def test_template_unknown_placeholder(minimal_config):
+    minimal_config["tasks"]["t"]["template"] = "{text_a} {txt} {mask}"
+    _expect(minimal_config, "tasks.t.template", "txt")
+
+
+def test_pair_task_needs_text_b(minimal_config):
+    minimal_config["tasks"]["t"]["text_fields"] = ["a", "b"]
+    _expect(minimal_config, "tasks.t.template", "text_b")
+
+
+def test_label_words_must_match_label_names(minimal_config):
+    minimal_config["tasks"]["t"]["label_words"] = {"negative": ["bad"], "pos": ["good"]}
+    _expect(minimal_config, "tasks.t.label_words", "label_names")
+
+
+def test_unknown_task_in_grid(minimal_config):
+    minimal_config["experiment"]["tasks"] = ["t", "nope"]
+    _expect(minimal_config, "experiment.tasks", "nope")
+
+
+def test_unknown_model_in_grid(minimal_config):
+    minimal_config["experiment"]["models"] = ["gpt"]
+    _expect(minimal_config, "experiment.models", "gpt")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "x y"])
+def test_names_cannot_escape_results(minimal_config, name):
+    minimal_config["tasks"][name] = minimal_config["tasks"].pop("t")
+    minimal_config["experiment"]["tasks"] = [name]
+    _expect(minimal_config, name)
+
+
+def test_missing_data_file(minimal_config, tmp_path):
+    minimal_config["tasks"]["t"]["source"] = {"path": str(tmp_path / "missing.csv")}
+    _expect(minimal_config, "tasks.t.source.path", "missing.csv", "does not exist")
+
+
+def test_source_with_two_kinds(minimal_config):
+    minimal_config["tasks"]["t"]["source"] = {"demo": "nli", "path": "x.csv"}
+    _expect(minimal_config, "tasks.t.source")
+
+
+def test_unknown_builtin_model(minimal_config):
+    minimal_config["models"]["m"]["source"] = "embedded:gpt5"
+    _expect(minimal_config, "models.m.source", "embedded:gpt5")
+
+
+def test_bad_device(minimal_config):
+    minimal_config["models"]["m"]["device"] = "tpu"
+    _expect(minimal_config, "models.m.device", "tpu")
+
+
+def test_malformed_yaml(tmp_path):
+    p = tmp_path / "config.yaml"
+    p.write_text("models: [unclosed\n")
+    with pytest.raises(UserError, match="malformed YAML"):
+        load_config(p)
+
+
+def test_yaml_not_a_mapping(tmp_path):
+    p = tmp_path / "config.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(p)
+
+
+def test_load_from_file_roundtrip(minimal_config, tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(minimal_config))
+    cfg = load_config(p)
+    assert cfg["prompt_tuning"]["prompt_length"] == 10
+    assert cfg["experiment"]["seeds"] == [1]
+    assert load_config(copy.deepcopy(minimal_config)) == cfg

@@ -1,0 +1,90 @@
+# Shared helpers: config validation, paths, resources and the one way rules call steps.
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, str(Path(workflow.basedir).parent))  # pipeline_steps without installation, too
+
+from pipeline_steps.config import model_spec, pt_settings, task_spec, validate
+from pipeline_steps.errors import UserError
+from pipeline_steps.models.registry import built_dir, built_files
+
+try:
+    validate(config, origin="config")
+except UserError as e:
+    raise WorkflowError(str(e)) from None
+
+EXP = config["experiment"]
+TASKS, MODELS, SEEDS = EXP["tasks"], EXP["models"], EXP["seeds"]
+THREADS = config["threads"]
+NAME = "[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+wildcard_constraints:
+    task=NAME,
+    model=NAME,
+    seed=r"\d+",
+
+
+# Nothing in a grid of embedded models and demo/local data may touch the network.
+_offline = all(config["models"][m]["source"].startswith(("embedded:", "tiny:")) for m in MODELS) and all(
+    "hub" not in config["tasks"][t]["source"] for t in TASKS
+)
+if _offline:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+PYTHON = shlex.quote(sys.executable)  # the interpreter running Snakemake: the project's environment
+ENV_FILE = "../../environment.yml"  # conda: directive of every rule (used with --sdm conda)
+
+
+def step(name):
+    """Shell command of a rule: one pipeline step, its JSON arguments from params.args, log to {log}."""
+    return f"{PYTHON} -m pipeline_steps {name} --threads {{threads}} --args {{params.args:q}} > {{log}} 2>&1"
+
+
+def args(**kwargs):
+    """JSON for params.args: it is also what Snakemake compares to decide on re-runs.
+
+    Build it from wildcards only (paths via ``fmt``): Snakemake leaves params that are
+    functions of input/output out of its params re-run trigger.
+    """
+    return json.dumps(kwargs, sort_keys=True, default=str)
+
+
+def fmt(pattern, wildcards):
+    return pattern.format(**dict(wildcards.items()))
+
+
+def on_gpu(model):
+    return config["models"][model]["device"] == "cuda"
+
+
+def gpu(wildcards):
+    """gpu=1 for jobs whose model runs on CUDA, 0 (no GPU request) on CPU."""
+    return 1 if on_gpu(wildcards.model) else 0
+
+
+def model_inputs(model):
+    """Files a pipeline step builds for this model (empty for hub, local and embedded-L6 models)."""
+    return built_files(config["models"][model]["source"])
+
+
+DATA = "results/data/{task}/data.parquet"
+TOKENS = "results/data/{task}/tokens-{model}.parquet"
+PROMPT = "results/prompts/{model}/{task}/seed{seed}"
+EVAL = "results/eval/{model}/{task}/seed{seed}"
+
+
+def log_path(rule_name, pattern):
+    return f"logs/{rule_name}/{pattern}.log"
+
+
+def bench_path(rule_name, pattern):
+    return f"benchmarks/{rule_name}/{pattern}.tsv"

@@ -1,0 +1,48 @@
+# Stage 1: load each task, normalise, split, cache as Parquet; tokenise per (task, tokenizer).
+
+
+rule prepare_data:
+    output:
+        DATA,
+    params:
+        args=lambda w: args(spec=task_spec(config, w.task), output=fmt(DATA, w)),
+    conda:
+        ENV_FILE
+    log:
+        log_path("prepare_data", "{task}"),
+    benchmark:
+        bench_path("prepare_data", "{task}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        step("prepare-data")
+
+
+rule tokenize:
+    input:
+        data=DATA,
+        model=lambda w: model_inputs(w.model),
+    output:
+        TOKENS,
+    params:
+        args=lambda w: args(
+            data_path=fmt(DATA, w),
+            output=fmt(TOKENS, w),
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            max_length=pt_settings(config, w.task)["max_length"],
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("tokenize", "{task}-{model}"),
+    benchmark:
+        bench_path("tokenize", "{task}-{model}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        step("tokenize")

@@ -1,0 +1,111 @@
+# Stage 3: soft prompt tuning of frozen PLMs (the source prompts), evaluation, summary.
+
+
+rule train_prompt:
+    input:
+        tokens=TOKENS,
+        model=lambda w: model_inputs(w.model),
+    output:
+        prompt=f"{PROMPT}/prompt.safetensors",
+        curve=f"{PROMPT}/curve.parquet",
+        meta=f"{PROMPT}/meta.json",
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            settings=pt_settings(config, w.task),
+            seed=int(w.seed),
+            tokenized=fmt(TOKENS, w),
+            prompt=fmt(f"{PROMPT}/prompt.safetensors", w),
+            curve=fmt(f"{PROMPT}/curve.parquet", w),
+            meta=fmt(f"{PROMPT}/meta.json", w),
+            checkpoint=fmt("results/checkpoints/{model}/{task}/seed{seed}.safetensors", w),
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("train_prompt", "{model}-{task}-seed{seed}"),
+    benchmark:
+        bench_path("train_prompt", "{model}-{task}-seed{seed}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=120,
+    shell:
+        step("train-prompt")
+
+
+rule evaluate_prompt:
+    input:
+        prompt=f"{PROMPT}/prompt.safetensors",
+        tokens=TOKENS,
+        model=lambda w: model_inputs(w.model),
+    output:
+        predictions=f"{EVAL}/predictions.parquet",
+        scores=f"{EVAL}/scores.json",
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            prompt=fmt(f"{PROMPT}/prompt.safetensors", w),
+            tokenized=fmt(TOKENS, w),
+            predictions=fmt(f"{EVAL}/predictions.parquet", w),
+            scores=fmt(f"{EVAL}/scores.json", w),
+            batch_size=pt_settings(config, w.task)["eval_batch_size"],
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("evaluate_prompt", "{model}-{task}-seed{seed}"),
+    benchmark:
+        bench_path("evaluate_prompt", "{model}-{task}-seed{seed}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=60,
+    shell:
+        step("evaluate-prompt")
+
+
+RUNS = dict(model=MODELS, task=TASKS, seed=SEEDS)
+PT_SUMMARY = dict(
+    metas=expand(f"{PROMPT}/meta.json", **RUNS),
+    curves=expand(f"{PROMPT}/curve.parquet", **RUNS),
+    scores=expand(f"{EVAL}/scores.json", **RUNS),
+    table="results/tables/prompt_tuning.parquet",
+    scores_figure="results/figures/prompt_tuning_scores.png",
+    curves_figure="results/figures/prompt_tuning_curves.png",
+)
+
+
+rule summarise_prompts:
+    input:
+        metas=PT_SUMMARY["metas"],
+        curves=PT_SUMMARY["curves"],
+        scores=PT_SUMMARY["scores"],
+    output:
+        table=PT_SUMMARY["table"],
+        scores_figure=PT_SUMMARY["scores_figure"],
+        curves_figure=PT_SUMMARY["curves_figure"],
+    params:
+        args=args(**PT_SUMMARY),
+    conda:
+        ENV_FILE
+    log:
+        log_path("summarise_prompts", "all"),
+    benchmark:
+        bench_path("summarise_prompts", "all")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        step("summarise-prompts")
+
+
+rule prompt_tuning:
+    """Target: every source prompt of the grid, evaluated and summarised."""
+    input:
+        rules.summarise_prompts.output,
