@@ -32,9 +32,26 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def initial_prompt(bundle, cfg: PromptTuningConfig, seed: int, init_from: str | None) -> tuple[torch.Tensor, str]:
+    """The starting prompt: from an artifact (transfer as initialization) or drawn per ``cfg.init``."""
+    if init_from:
+        tensor, _ = load_prompt(init_from)
+        want = (cfg.prompt_length, bundle.backbone.hidden_size)
+        if tuple(tensor.shape) != want:
+            raise UserError(f"{init_from}: initial prompt has shape {tuple(tensor.shape)}, expected {want} "
+                            f"(prompt_length x hidden size of '{bundle.spec['name']}')")
+        return tensor.float(), init_from
+    gen = torch.Generator().manual_seed(seed)
+    return init_prompt(bundle.backbone, cfg.prompt_length, cfg.init, gen, bundle.tokenizer.all_special_ids), cfg.init
+
+
 def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, tokenized: str, prompt: str,
-          curve: str, meta: str, checkpoint: str | None = None, threads: int = 1) -> dict:
-    """Train a soft prompt; write ``prompt`` (safetensors), ``curve`` (Parquet), ``meta`` (JSON)."""
+          curve: str, meta: str, checkpoint: str | None = None, init_from: str | None = None,
+          threads: int = 1) -> dict:
+    """Train a soft prompt; write ``prompt`` (safetensors), ``curve`` (Parquet), ``meta`` (JSON).
+
+    ``init_from``: a prompt artifact to start from (transfer as initialization) instead of ``settings.init``.
+    """
     set_threads(threads)
     seed_everything(seed)
     cfg = PromptTuningConfig.from_dict(settings)
@@ -42,13 +59,12 @@ def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, token
     check_lengths(bundle, cfg, model_spec["name"])
     data = load_splits(tokenized, pad_id(bundle.tokenizer), ("train", "dev"))
     verbalizer = bundle.verbalizer(task_spec)
-    init = init_prompt(bundle.backbone, cfg.prompt_length, cfg.init, torch.Generator().manual_seed(seed),
-                       bundle.tokenizer.all_special_ids)
+    init, init_source = initial_prompt(bundle, cfg, seed, init_from)
     model = PromptModel(bundle.backbone, verbalizer, init)
     provenance = {"model": model_spec["name"], "model_source": model_spec["source"], "task": task_spec["name"],
                   "seed": seed, "prompt_length": cfg.prompt_length, "verbalizer": verbalizer.kind,
-                  "hidden_size": bundle.backbone.hidden_size, "settings": cfg.to_dict()}
-    provenance["config_hash"] = stable_hash([model_spec, task_spec, cfg.to_dict(), seed])
+                  "hidden_size": bundle.backbone.hidden_size, "settings": cfg.to_dict(), "init": init_source}
+    provenance["config_hash"] = stable_hash([model_spec, task_spec, cfg.to_dict(), seed, init_source])
     describe = f"prompt tuning {model_spec['name']}/{task_spec['name']}/seed{seed}"
     ckpt = Checkpoint(checkpoint) if checkpoint else None
     best, state = train_prompt(model, data["train"], data["dev"], cfg, seed=seed, metric=task_spec["metric"],

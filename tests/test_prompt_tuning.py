@@ -161,3 +161,30 @@ def test_metrics():
     preds, labels = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2])
     assert score(preds, labels, "accuracy", 3) == 0.75
     assert score(preds, labels, "macro_f1", 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_train_step_writes_artifacts_and_supports_init_from(tiny_spec, tmp_path):
+    from pipeline_steps import source_prompts
+    from pipeline_steps.io import load_tensors, read_json, read_parquet, write_parquet
+
+    bundle = load_bundle(tiny_spec("bert"))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    df = pd.DataFrame({"idx": range(40), "text_a": [["awful film", "great film"][y] for y in labels], "text_b": "",
+                       "label": labels, "split": ["train"] * 24 + ["dev"] * 8 + ["test"] * 8})
+    tok_path = tmp_path / "tok.parquet"
+    write_parquet(tokenize_frame(df, bundle.tokenizer, "{text_a} It was {mask}.", 32), tok_path)
+    settings = PromptTuningConfig(prompt_length=4, steps=4, batch_size=8, eval_every=2).to_dict()
+    out = {k: str(tmp_path / "a" / f) for k, f in [("prompt", "p.safetensors"), ("curve", "c.parquet"), ("meta", "m.json")]}
+    meta = source_prompts.train(model_spec=tiny_spec("bert"), task_spec=TASK, settings=settings, seed=3,
+                                tokenized=str(tok_path), **out)
+    tensors, tmeta = load_tensors(out["prompt"])
+    assert tensors["prompt"].shape == (4, 32) and tmeta["seed"] == 3 and tmeta["verbalizer"] == "mlm"
+    assert read_json(out["meta"])["config_hash"] == meta["config_hash"] and len(read_parquet(out["curve"])) == 2
+    out2 = {k: v.replace("/a/", "/b/") for k, v in out.items()}
+    meta2 = source_prompts.train(model_spec=tiny_spec("bert"), task_spec=TASK, settings={**settings, "steps": 2,
+                                 "eval_every": 2}, seed=3, tokenized=str(tok_path), init_from=out["prompt"], **out2)
+    assert meta2["init"] == out["prompt"] and meta2["config_hash"] != meta["config_hash"]
+    with pytest.raises(UserError, match="expected"):
+        source_prompts.train(model_spec=tiny_spec("bert"), task_spec=TASK, settings={**settings, "prompt_length": 5},
+                             seed=3, tokenized=str(tok_path), init_from=out["prompt"], **out2)

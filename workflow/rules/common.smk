@@ -41,12 +41,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 PYTHON = shlex.quote(sys.executable)  # the interpreter running Snakemake: the project's environment
+REPO = shlex.quote(str(Path(workflow.basedir).parent))  # jobs import pipeline_steps from this checkout
 ENV_FILE = "../../environment.yml"  # conda: directive of every rule (used with --sdm conda)
 
 
 def step(name):
     """Shell command of a rule: one pipeline step, its JSON arguments from params.args, log to {log}."""
-    return f"{PYTHON} -m pipeline_steps {name} --threads {{threads}} --args {{params.args:q}} > {{log}} 2>&1"
+    return (f"PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}} {PYTHON} -m pipeline_steps {name} "
+            f"--threads {{threads}} --args {{params.args:q}} > {{log}} 2>&1")
 
 
 def args(**kwargs):
