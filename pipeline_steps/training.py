@@ -102,10 +102,36 @@ def lr_at(step: int, cfg: PromptTuningConfig) -> float:
     return cfg.lr
 
 
+def trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def adam_state(optimizer, params: dict) -> dict[str, dict]:
+    """AdamW moments by parameter name (``step``, ``exp_avg``, ``exp_avg_sq``), detached on CPU."""
+    out = {}
+    for name, p in params.items():
+        st = optimizer.state.get(p)
+        if st:
+            out[name] = {"step": float(st["step"]), "exp_avg": st["exp_avg"].detach().cpu().clone(),
+                         "exp_avg_sq": st["exp_avg_sq"].detach().cpu().clone()}
+    return out
+
+
+def load_adam_state(optimizer, params: dict, state: dict[str, dict]) -> None:
+    """Inverse of ``adam_state`` (shapes must match the parameters they belong to)."""
+    for name, st in state.items():
+        p = params[name]
+        if st["exp_avg"].shape != p.shape:
+            raise ValueError(f"optimizer state of '{name}' has shape {tuple(st['exp_avg'].shape)}, "
+                             f"parameter has {tuple(p.shape)}")
+        optimizer.state[p] = {"step": torch.tensor(float(st["step"])), "exp_avg": st["exp_avg"].to(p.device).clone(),
+                              "exp_avg_sq": st["exp_avg_sq"].to(p.device).clone()}
+
+
 class Checkpoint:
-    """Everything needed to resume bit-for-bit: prompt, best prompt and AdamW moments
-    (safetensors), counters and curve (JSON). Written atomically, tensors first; the
-    batch sampler needs no state (it is a function of seed and step)."""
+    """Everything needed to resume bit-for-bit: trainable parameters, the best ones so far and
+    AdamW moments (safetensors), counters and curve (JSON). Written atomically, tensors first;
+    the batch sampler needs no state (it is a function of seed and step)."""
 
     def __init__(self, path: str | Path):
         self.tensors = Path(path)
@@ -114,53 +140,65 @@ class Checkpoint:
     def exists(self) -> bool:
         return self.tensors.exists() and self.state.exists()
 
-    def save(self, model, best_prompt, optimizer, state: TrainState, tag: str) -> None:
-        opt = optimizer.state.get(model.prompt, {})
-        tensors = {"prompt": model.prompt.data, "best_prompt": best_prompt}
-        for k in ("exp_avg", "exp_avg_sq"):
-            if k in opt:
-                tensors[f"opt.{k}"] = opt[k]
+    def save(self, params: dict, best: dict, optimizer, state: TrainState, tag: str) -> None:
+        tensors, steps = {}, {}
+        for name, p in params.items():
+            tensors[f"param.{name}"] = p.data
+            tensors[f"best.{name}"] = best[name]
+        for name, st in adam_state(optimizer, params).items():
+            tensors[f"opt.{name}.exp_avg"] = st["exp_avg"]
+            tensors[f"opt.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+            steps[name] = st["step"]
         save_tensors(tensors, self.tensors, metadata={"tag": tag})
         payload = {"tag": tag, "step": state.step, "best_score": state.best_score, "best_step": state.best_step,
-                   "elapsed": state.elapsed, "curve": state.curve,
-                   "opt_step": float(opt["step"]) if "step" in opt else None}
+                   "elapsed": state.elapsed, "curve": state.curve, "opt_steps": steps}
         with atomic_path(self.state) as tmp:
             tmp.write_text(json.dumps(payload))
 
-    def load(self, model, optimizer, tag: str) -> tuple[TrainState, torch.Tensor]:
+    def load(self, params: dict, optimizer, tag: str) -> tuple[TrainState, dict]:
         payload = json.loads(self.state.read_text())
         tensors, meta = load_tensors(self.tensors)
         if payload["tag"] != tag or meta.get("tag") != tag:
             raise RuntimeError("checkpoint belongs to other settings")
-        model.prompt.data.copy_(tensors["prompt"])
-        if payload["opt_step"] is not None:
-            optimizer.state[model.prompt] = {
-                "step": torch.tensor(payload["opt_step"]),
-                "exp_avg": tensors["opt.exp_avg"].to(model.prompt.device),
-                "exp_avg_sq": tensors["opt.exp_avg_sq"].to(model.prompt.device)}
+        if {k.split(".", 1)[1] for k in tensors if k.startswith("param.")} != set(params):
+            raise RuntimeError("checkpoint holds other parameters")
+        for name, p in params.items():
+            p.data.copy_(tensors[f"param.{name}"])
+        load_adam_state(optimizer, params, {
+            name: {"step": step, "exp_avg": tensors[f"opt.{name}.exp_avg"],
+                   "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]} for name, step in payload["opt_steps"].items()})
         state = TrainState(payload["step"], payload["best_score"], payload["best_step"],
                            payload["elapsed"], payload["curve"])
-        return state, tensors["best_prompt"]
+        return state, {name: tensors[f"best.{name}"] for name in params}
 
     def remove(self) -> None:
         self.tensors.unlink(missing_ok=True)
         self.state.unlink(missing_ok=True)
 
 
-def train_prompt(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, *, seed: int,
-                 metric: str, device, checkpoint: Checkpoint | None = None, tag: str = "",
-                 describe: str = "", amp=None, on_eval: Callable | None = None):
-    """Train ``model.prompt``; return (best prompt, TrainState with the curve).
+def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, *, seed: int,
+                 metric: str, device, checkpoint: Checkpoint | None = None, tag: str = "", describe: str = "",
+                 amp=None, on_eval: Callable | None = None, optimizer_state: dict | None = None):
+    """Train the parameters of ``model`` that require grad; everything else stays frozen.
 
-    Batches are drawn epoch-wise from a seeded generator; the dev score is computed
-    every ``eval_every`` steps and at the end; the best prompt (earliest on ties) is kept.
+    ``model(input_ids, attention_mask, mask_pos)`` returns class logits. Batches are drawn
+    epoch-wise from seeded permutations; the dev score is computed every ``eval_every`` steps
+    and at the end; the best parameters (earliest on ties) are kept. ``optimizer_state``
+    (from ``adam_state``) starts AdamW from carried-over moments (progressive training).
+
+    Returns (best parameters by name, TrainState with the curve, final AdamW state by name).
     """
-    optimizer = torch.optim.AdamW([model.prompt], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = trainable(model)
+    if not params:
+        raise ValueError("the model has no trainable parameter")
+    optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state:
+        load_adam_state(optimizer, params, optimizer_state)
     state = TrainState()
-    best_prompt = model.prompt.detach().clone().cpu()
+    best = {n: p.detach().clone().cpu() for n, p in params.items()}
     if checkpoint is not None and checkpoint.exists():
         try:
-            state, best_prompt = checkpoint.load(model, optimizer, tag)
+            state, best = checkpoint.load(params, optimizer, tag)
             log.info("%s: resumed from checkpoint at step %d", describe, state.step)
         except (RuntimeError, KeyError, ValueError) as e:
             log.warning("%s: ignoring unusable checkpoint (%s)", describe, e)
@@ -190,7 +228,7 @@ def train_prompt(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
                             f"lower the learning rate (now {cfg.lr}) or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([model.prompt], cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
         optimizer.step()
         state.step += 1
         last_loss = loss.item()
@@ -202,13 +240,19 @@ def train_prompt(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
                                 "elapsed_seconds": round(state.elapsed, 3)})
             if dev_score > state.best_score:
                 state.best_score, state.best_step = dev_score, state.step
-                best_prompt = model.prompt.detach().clone().cpu()
+                best = {n: p.detach().clone().cpu() for n, p in params.items()}
             log.info("%s: step %d/%d loss %.4f dev %s %.4f (best %.4f @ %d) %.1fs", describe, state.step,
                      cfg.steps, last_loss, metric, dev_score, state.best_score, state.best_step, state.elapsed)
             if on_eval:
                 on_eval(state)
         if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
             state.elapsed = time.perf_counter() - t0
-            checkpoint.save(model, best_prompt, optimizer, state, tag)
+            checkpoint.save(params, best, optimizer, state, tag)
     state.elapsed = time.perf_counter() - t0
-    return best_prompt, state
+    return best, state, adam_state(optimizer, params)
+
+
+def train_prompt(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, **kwargs):
+    """``train_module`` for a ``PromptModel``: returns (best prompt, TrainState)."""
+    best, state, _ = train_module(model, train, dev, cfg, **kwargs)
+    return best["prompt"], state

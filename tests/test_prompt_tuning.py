@@ -6,7 +6,8 @@ import torch
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.errors import UserError
 from pipeline_steps.runtime import load_bundle
-from pipeline_steps.training import Checkpoint, TokenizedSplit, score, train_prompt
+from pipeline_steps.training import (Checkpoint, TokenizedSplit, TrainState, adam_state, score, train_module,
+                                     train_prompt)
 from pipeline_steps.tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt
 from pipeline_steps.verbalizers import EmbeddingVerbalizer, MLMVerbalizer, label_word_ids
 
@@ -140,8 +141,9 @@ def test_checkpoint_of_other_settings_is_ignored(bert, tmp_path):
     cfg = PromptTuningConfig(prompt_length=4, steps=4, batch_size=8, eval_every=2, checkpoint_every=2, lr=0.1)
     data = toy_split(bert.tokenizer, 16)
     ck = Checkpoint(tmp_path / "ck.safetensors")
-    ck.save(make_model(bert), torch.zeros(4, 32), torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]),
-            __import__("pipeline_steps.training", fromlist=["TrainState"]).TrainState(step=3), tag="old")
+    old = make_model(bert)
+    ck.save({"prompt": old.prompt}, {"prompt": torch.zeros(4, 32)}, torch.optim.AdamW([old.prompt]),
+            TrainState(step=3), tag="old")
     _, state = train_prompt(make_model(bert), data, data, cfg, seed=0, metric="accuracy", device="cpu",
                             checkpoint=ck, tag="new")
     assert state.step == 4 and len(state.curve) == 2
@@ -188,3 +190,39 @@ def test_train_step_writes_artifacts_and_supports_init_from(tiny_spec, tmp_path)
     with pytest.raises(UserError, match="expected"):
         source_prompts.train(model_spec=tiny_spec("bert"), task_spec=TASK, settings={**settings, "prompt_length": 5},
                              seed=3, tokenized=str(tok_path), init_from=out["prompt"], **out2)
+
+
+def test_train_module_carries_optimizer_state(bert):
+    """AdamW moments and step count carry over from one training call into the next."""
+    data = toy_split(bert.tokenizer, 32)
+    m_half = make_model(bert, seed=2)
+    half = PromptTuningConfig(prompt_length=4, steps=4, batch_size=8, eval_every=4, lr=0.1)
+    _, _, opt_half = train_module(m_half, data, data, half, seed=1, metric="accuracy", device="cpu")
+    assert opt_half["prompt"]["step"] == 4.0
+    m2 = make_model(bert, seed=2)
+    m2.prompt.data.copy_(m_half.prompt.data)
+    _, _, opt_after = train_module(m2, data, data, half, seed=1, metric="accuracy", device="cpu",
+                                   optimizer_state=opt_half)
+    assert opt_after["prompt"]["step"] == 8.0
+    assert opt_after["prompt"]["exp_avg"].shape == (4, 32)
+    assert not torch.equal(opt_after["prompt"]["exp_avg_sq"], opt_half["prompt"]["exp_avg_sq"])
+
+
+def test_train_module_trains_any_trainable_parameters(bert):
+    """A generator-style model: trainable parameters other than a prompt are trained, the PLM is not."""
+    class Shifted(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.inner.prompt.requires_grad_(False)
+            self.verbalizer = inner.verbalizer
+            self.shift = torch.nn.Parameter(torch.zeros(32))
+
+        def forward(self, input_ids, attention_mask, mask_pos, prompt=None):
+            return self.inner(input_ids, attention_mask, mask_pos, prompt=self.inner.prompt + self.shift)
+
+    model = Shifted(make_model(bert))
+    data = toy_split(bert.tokenizer, 16)
+    cfg = PromptTuningConfig(prompt_length=4, steps=3, batch_size=8, eval_every=3, lr=0.1)
+    best, state, opt = train_module(model, data, data, cfg, seed=0, metric="accuracy", device="cpu")
+    assert set(best) == {"shift"} and set(opt) == {"shift"} and best["shift"].abs().sum() > 0
