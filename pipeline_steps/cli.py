@@ -7,6 +7,7 @@ holds the step function's keyword arguments (paths and settings). A
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import logging
@@ -14,19 +15,24 @@ import sys
 import time
 
 
-def _steps() -> dict:
-    from .data import prepare, tokenize
-    from .models import build
-    from . import reports, source_prompts
+# step name -> "module:function" (imported on use, so light steps don't load torch)
+STEPS = {
+    "prepare-data": "data.prepare:run",
+    "tokenize": "data.tokenize:run",
+    "build-model": "models.build:build",
+    "train-prompt": "source_prompts:train",
+    "evaluate-prompt": "source_prompts:evaluate",
+    "summarise-prompts": "reports:summarise_prompt_tuning",
+    "export-peft": "peft_export:export",
+    "zero-shot": "transfer:zero_shot",
+    "zero-shot-table": "transfer:zero_shot_table",
+    "transfer-init-table": "transfer:init_table",
+}
 
-    return {
-        "prepare-data": prepare.run,
-        "tokenize": tokenize.run,
-        "build-model": build.build,
-        "train-prompt": source_prompts.train,
-        "evaluate-prompt": source_prompts.evaluate,
-        "summarise-prompts": reports.summarise_prompt_tuning,
-    }
+
+def resolve_step(name: str):
+    module, func = STEPS[name].split(":")
+    return getattr(importlib.import_module(f"pipeline_steps.{module}"), func)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,21 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m pipeline_steps", description=__doc__.splitlines()[0])
-    parser.add_argument("step", help="one of: " + ", ".join(sorted(_steps())))
+    parser.add_argument("step", help="one of: " + ", ".join(sorted(STEPS)))
     parser.add_argument("--args", default="{}", help="JSON object of keyword arguments for the step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (passed to steps that take it)")
     ns = parser.parse_args(argv)
     setup_logging()
-    steps = _steps()
-    if ns.step not in steps:
-        print(f"error: unknown step '{ns.step}'; known: {', '.join(sorted(steps))}", file=sys.stderr)
+    if ns.step not in STEPS:
+        print(f"error: unknown step '{ns.step}'; known: {', '.join(sorted(STEPS))}", file=sys.stderr)
         return 2
     try:
         kwargs = json.loads(ns.args)
     except json.JSONDecodeError as e:
         print(f"error: --args is not valid JSON: {e}", file=sys.stderr)
         return 2
-    fn = steps[ns.step]
+    fn = resolve_step(ns.step)
     if ns.threads is not None and "threads" in inspect.signature(fn).parameters:
         kwargs["threads"] = ns.threads
     start = time.perf_counter()

@@ -121,6 +121,12 @@ def _check_references(cfg: dict, origin: str) -> None:
                 raise UserError(
                     f"{origin}: key 'experiment.{kind}': unknown {kind[:-1]} '{name}'; "
                     f"defined {kind}: {', '.join(sorted(cfg[kind]))}")
+    init = cfg["transfer"]["init"]
+    for key, pool in (("models", "models"), ("sources", "tasks"), ("targets", "tasks")):
+        for name in init[key] or []:
+            if name not in exp[pool]:
+                raise UserError(f"{origin}: key 'transfer.init.{key}': '{name}' is not in experiment.{pool} "
+                                f"{exp[pool]}")
     for name, task in cfg["tasks"].items():
         where = f"{origin}: key 'tasks.{name}"
         fields = {f for _, f, _, _ in string.Formatter().parse(task["template"]) if f is not None}

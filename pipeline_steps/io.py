@@ -78,10 +78,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_tensors(tensors: Mapping[str, "torch.Tensor"], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-    """safetensors; every metadata value is stored JSON-encoded (``load_tensors`` decodes it)."""
+    """safetensors with the metadata as one sorted JSON string under ``provenance``.
+
+    One key keeps the file byte-identical across runs (safetensors orders several metadata
+    keys arbitrarily); ``load_tensors`` decodes it back into a dict.
+    """
     from safetensors.torch import save_file
 
-    meta = {k: json.dumps(v, sort_keys=True, default=str) for k, v in (metadata or {}).items()}
+    meta = {"provenance": json.dumps(dict(metadata or {}), sort_keys=True, default=str)}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -97,12 +101,9 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
         raise UserError(f"{path}: file not found")
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
-        meta = {}
-        for k, v in (f.metadata() or {}).items():
-            try:
-                meta[k] = json.loads(v)
-            except ValueError:
-                meta[k] = v
+        raw = dict(f.metadata() or {})
+        meta = json.loads(raw.pop("provenance")) if "provenance" in raw else {}
+        meta.update(raw)  # files written by other tools: plain string metadata
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
     return tensors, meta

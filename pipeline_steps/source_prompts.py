@@ -32,7 +32,8 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def initial_prompt(bundle, cfg: PromptTuningConfig, seed: int, init_from: str | None) -> tuple[torch.Tensor, str]:
+def initial_prompt(bundle, cfg: PromptTuningConfig, seed: int, init_from: str | None,
+                   task_name: str = "") -> tuple[torch.Tensor, str]:
     """The starting prompt: from an artifact (transfer as initialization) or drawn per ``cfg.init``."""
     if init_from:
         tensor, _ = load_prompt(init_from)
@@ -41,7 +42,9 @@ def initial_prompt(bundle, cfg: PromptTuningConfig, seed: int, init_from: str | 
             raise UserError(f"{init_from}: initial prompt has shape {tuple(tensor.shape)}, expected {want} "
                             f"(prompt_length x hidden size of '{bundle.spec['name']}')")
         return tensor.float(), init_from
-    gen = torch.Generator().manual_seed(seed)
+    # seeded by (task, seed): prompts of different tasks must not share a starting point, or their
+    # similarity (a transferability indicator) would partly measure the shared initialization
+    gen = torch.Generator().manual_seed(int(stable_hash([task_name, seed]), 16) % (2**31))
     return init_prompt(bundle.backbone, cfg.prompt_length, cfg.init, gen, bundle.tokenizer.all_special_ids), cfg.init
 
 
@@ -59,7 +62,7 @@ def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, token
     check_lengths(bundle, cfg, model_spec["name"])
     data = load_splits(tokenized, pad_id(bundle.tokenizer), ("train", "dev"))
     verbalizer = bundle.verbalizer(task_spec)
-    init, init_source = initial_prompt(bundle, cfg, seed, init_from)
+    init, init_source = initial_prompt(bundle, cfg, seed, init_from, task_spec["name"])
     model = PromptModel(bundle.backbone, verbalizer, init)
     provenance = {"model": model_spec["name"], "model_source": model_spec["source"], "task": task_spec["name"],
                   "seed": seed, "prompt_length": cfg.prompt_length, "verbalizer": verbalizer.kind,

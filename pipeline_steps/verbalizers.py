@@ -76,6 +76,10 @@ class MLMVerbalizer(Verbalizer):
             hidden = backbone.encode(inputs_embeds, attention_mask)
             at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
             logits = backbone.mlm_logits(at_mask)
+        return self.from_vocab_logits(logits)
+
+    def from_vocab_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` vocabulary logits (at the mask / first decoder step) -> ``[B, C]`` class scores."""
         return logits[:, self.word_ids].float() @ self.weights.T
 
 
@@ -103,7 +107,11 @@ class EmbeddingVerbalizer(Verbalizer):
         return torch.stack(vecs)
 
     def forward(self, backbone, inputs_embeds, attention_mask, mask_pos):
-        hidden = backbone.encode(inputs_embeds, attention_mask).float()
+        return self.from_hidden(backbone.encode(inputs_embeds, attention_mask), attention_mask, mask_pos)
+
+    def from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_pos: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``[B, T, d]`` (prompt included) -> ``[B, C]`` class scores."""
+        hidden = hidden.float()
         if self.pooling == "mask":
             rep = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
         else:

@@ -226,3 +226,26 @@ def test_train_module_trains_any_trainable_parameters(bert):
     cfg = PromptTuningConfig(prompt_length=4, steps=3, batch_size=8, eval_every=3, lr=0.1)
     best, state, opt = train_module(model, data, data, cfg, seed=0, metric="accuracy", device="cpu")
     assert set(best) == {"shift"} and set(opt) == {"shift"} and best["shift"].abs().sum() > 0
+
+
+def test_safetensors_artifacts_are_byte_identical(tmp_path):
+    from pipeline_steps.io import load_tensors, save_tensors
+
+    meta = {"model": "m", "task": "t", "seed": 1, "settings": {"lr": 0.1, "steps": 3}, "score": 0.5}
+    blobs = set()
+    for i in range(3):
+        save_tensors({"prompt": torch.ones(2, 3), "best": torch.zeros(2)}, tmp_path / f"{i}.safetensors", metadata=meta)
+        blobs.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    tensors, back = load_tensors(tmp_path / "0.safetensors")
+    assert back == meta and set(tensors) == {"prompt", "best"}
+
+
+def test_initial_prompts_differ_between_tasks(bert):
+    from pipeline_steps.source_prompts import initial_prompt
+
+    cfg = PromptTuningConfig(prompt_length=4)
+    a, _ = initial_prompt(bert, cfg, 1, None, "movies")
+    b, _ = initial_prompt(bert, cfg, 1, None, "nli")
+    a2, _ = initial_prompt(bert, cfg, 1, None, "movies")
+    assert torch.equal(a, a2) and not torch.equal(a, b)

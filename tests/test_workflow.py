@@ -20,6 +20,7 @@ TINY = {
     "experiment": {"tasks": ["movies", "topics"], "models": ["tiny-bert"], "seeds": [1]},
     "prompt_tuning": {"prompt_length": 4, "steps": 4, "batch_size": 8, "eval_every": 2, "max_length": 32,
                       "checkpoint_every": 2},
+    "transfer": {"random_seeds": [0]},
     "tasks": {
         "movies": {"source": {"demo": "movie_reviews", "size": 80}, "text_fields": ["text"],
                    "label_names": ["negative", "positive"], "template": "{text_a} It was {mask}.",
@@ -65,6 +66,12 @@ def test_full_run_then_noop_then_incremental(workdir):
     snakemake(workdir)
     table = pd.read_parquet(workdir / "results/tables/prompt_tuning.parquet")
     assert sorted(table["task"]) == ["movies", "topics"] and (table["model"] == "tiny-bert").all()
+    zs = pd.read_parquet(workdir / "results/tables/transfer_zero_shot.parquet")
+    assert len(zs) == 2 * (2 + 1)  # targets x (source prompts + one random prompt)
+    assert set(zs["source_task"]) == {"movies", "topics", "random"}
+    tpt = pd.read_parquet(workdir / "results/tables/transfer_init.parquet")
+    assert sorted(zip(tpt["source_task"], tpt["target_task"])) == [("movies", "topics"), ("topics", "movies")]
+    assert {"final_score", "steps_to_reach", "speedup"} <= set(tpt.columns)
     assert table["test_score"].between(0, 1).all() and (table["verbalizer"] == "mlm").all()
     for f in ["results/figures/prompt_tuning_scores.png", "results/figures/prompt_tuning_curves.png",
               "results/models/tiny-bert/model.safetensors", "results/prompts/tiny-bert/movies/seed1/prompt.safetensors"]:
@@ -83,16 +90,20 @@ def test_full_run_then_noop_then_incremental(workdir):
     snakemake(workdir)
     after = outputs(workdir)
     changed = {k for k in first if after[k] != first[k]}
-    assert changed == {
+    unaffected = {k for k in first if k.startswith(("results/data/", "results/models/"))
+                  or k.startswith(("results/prompts/tiny-bert/topics/", "results/eval/tiny-bert/topics/"))}
+    assert unaffected and not changed & unaffected, sorted(changed & unaffected)
+    assert {
         "results/prompts/tiny-bert/movies/seed1/prompt.safetensors",
-        "results/prompts/tiny-bert/movies/seed1/curve.parquet",
-        "results/prompts/tiny-bert/movies/seed1/meta.json",
-        "results/eval/tiny-bert/movies/seed1/predictions.parquet",
+        "results/prompts/tiny-bert/movies/seed1/peft/adapter_model.safetensors",
         "results/eval/tiny-bert/movies/seed1/scores.json",
         "results/tables/prompt_tuning.parquet",
-        "results/figures/prompt_tuning_scores.png",
-        "results/figures/prompt_tuning_curves.png",
-    }
+        "results/transfer/zero_shot/tiny-bert/topics.parquet",  # uses the movies prompt
+        "results/transfer/init/tiny-bert/topics/from-movies/seed1/prompt.safetensors",
+        "results/transfer/init/tiny-bert/movies/from-topics/seed1/prompt.safetensors",  # movies' budget changed
+        "results/tables/transfer_zero_shot.parquet",
+        "results/tables/transfer_init.parquet",
+    } <= changed
     table = pd.read_parquet(workdir / "results/tables/prompt_tuning.parquet").set_index("task")
     assert table.loc["movies", "steps"] == 6 and table.loc["topics", "steps"] == 4
 

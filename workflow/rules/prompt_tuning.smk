@@ -105,7 +105,36 @@ rule summarise_prompts:
         step("summarise-prompts")
 
 
-rule prompt_tuning:
-    """Target: every source prompt of the grid, evaluated and summarised."""
+rule export_peft:
+    """The prompt as a PEFT prompt-tuning adapter (PeftModel.from_pretrained on the same base model)."""
+    input:
+        prompt=f"{PROMPT}/prompt.safetensors",
+        model=lambda w: model_inputs(w.model),
+    output:
+        config=f"{PROMPT}/peft/adapter_config.json",
+        weights=f"{PROMPT}/peft/adapter_model.safetensors",
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            prompt=fmt(f"{PROMPT}/prompt.safetensors", w),
+            out_dir=fmt(f"{PROMPT}/peft", w),
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("export_peft", "{model}-{task}-seed{seed}"),
+    benchmark:
+        bench_path("export_peft", "{model}-{task}-seed{seed}")
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    shell:
+        step("export-peft")
+
+
+rule source_prompts:
+    """Target: every source prompt of the grid, evaluated, summarised and exported for PEFT."""
     input:
         rules.summarise_prompts.output,
+        expand(f"{PROMPT}/peft/adapter_model.safetensors", **RUNS),
