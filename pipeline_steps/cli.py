@@ -26,6 +26,17 @@ def _steps() -> dict:
         "train-prompt": source_prompts.train,
         "evaluate-prompt": source_prompts.evaluate,
         "summarise-prompts": reports.summarise_prompt_tuning,
+        **_indicator_steps(),
+    }
+
+
+def _indicator_steps() -> dict:
+    from . import indicators
+
+    return {
+        "indicator-activations": indicators.compute_activations,
+        "indicator-table": indicators.build_table,
+        "indicator-correlation": indicators.correlation,
     }
 
 
