@@ -1,8 +1,11 @@
 """Transferability indicators: empty input, FFN hooks vs a manual forward, ON and embedding
-similarities on hand-made numbers, the steps on tiny models, Spearman on synthetic tables."""
+similarities on hand-made numbers, the steps on tiny models, Spearman on synthetic tables, the DAG."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +13,16 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from pipeline_steps import indicators as ind
+from pipeline_steps.config import load_config
 from pipeline_steps.errors import UserError
 from pipeline_steps.io import load_tensors, parquet_provenance, save_tensors
 from pipeline_steps.runtime import load_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture(scope="module")
 def bundles(tiny_spec):
@@ -344,3 +352,34 @@ def test_correlation_step_writes_table_and_figure(tmp_path):
     write_parquet(transfer.assign(model="other"), tmp_path / "other.parquet")
     with pytest.raises(UserError, match="other.parquet: no .* in common"):
         ind.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "other.parquet"), **out)
+
+
+# --- config and DAG ------------------------------------------------------------------------------------
+
+def test_config_defaults_and_errors(minimal_config):
+    cfg = load_config(minimal_config)
+    assert cfg["indicators"] == {"window": 3, "stride": None}
+    minimal_config["indicators"] = {"window": 0}
+    with pytest.raises(UserError, match="indicators.window"):
+        load_config(minimal_config)
+
+
+@pytest.mark.workflow
+def test_dry_run_schedules_the_indicator_jobs(tmp_path):
+    from test_workflow import TINY
+
+    cfg = {**TINY, "indicators": {"window": 1}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    target = tmp_path / "results/tables/transfer_zero_shot.parquet"  # stands in for the transfer stage
+    target.parent.mkdir(parents=True)
+    synthetic_tables()[1].to_parquet(target)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow/Snakefile"), "--cores", "1",
+                          "indicators", "-n"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["indicator_activations"] == 1 and counts["indicator_table"] == 1
+    assert counts["indicator_correlation"] == 1 and counts["train_prompt"] == 2 and counts["indicators"] == 1
