@@ -27,6 +27,9 @@ STEPS = {
     "zero-shot": "transfer:zero_shot",
     "zero-shot-table": "transfer:zero_shot_table",
     "transfer-init-table": "transfer:init_table",
+    "indicator-activations": "indicators:compute_activations",
+    "indicator-table": "indicators:build_table",
+    "indicator-correlation": "indicators:correlation",
 }
 
 

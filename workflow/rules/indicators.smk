@@ -1,0 +1,104 @@
+# Stage: transferability indicators (Su et al., section 5). Per model, every prompt's binary FFN
+# activation mask on the empty input; then the pairwise indicator table; then its Spearman
+# correlation with zero-shot transfer (needs results/tables/transfer_zero_shot.parquet).
+
+IND = config["indicators"]
+ACTIVATIONS = "results/indicators/{model}/activations.safetensors"
+INDICATOR_TABLE = "results/tables/indicators.parquet"
+TRANSFER_ZERO_SHOT = "results/tables/transfer_zero_shot.parquet"  # built by rule transfer_zero_shot
+INDICATOR_CORRELATION = dict(
+    table="results/tables/indicator_correlation.parquet",
+    figure="results/figures/indicator_correlation.png",
+)
+# every source prompt of the grid: (model, task, seed, path)
+IND_RUNS = [
+    dict(model=m, task=t, seed=s, prompt=f"{PROMPT}/prompt.safetensors".format(model=m, task=t, seed=s))
+    for m in MODELS
+    for t in TASKS
+    for s in SEEDS
+]
+
+
+rule indicator_activations:
+    input:
+        prompts=lambda w: [r["prompt"] for r in IND_RUNS if r["model"] == w.model],
+        model=lambda w: model_inputs(w.model),
+    output:
+        ACTIVATIONS,
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            prompts=[dict(task=r["task"], seed=r["seed"], path=r["prompt"]) for r in IND_RUNS if r["model"] == w.model],
+            output=fmt(ACTIVATIONS, w),
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("indicator_activations", "{model}"),
+    benchmark:
+        bench_path("indicator_activations", "{model}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=30,
+    shell:
+        step("indicator-activations")
+
+
+rule indicator_table:
+    input:
+        activations=expand(ACTIVATIONS, model=MODELS),
+        prompts=[r["prompt"] for r in IND_RUNS],
+    output:
+        INDICATOR_TABLE,
+    params:
+        args=args(
+            runs=IND_RUNS,
+            activations={m: ACTIVATIONS.format(model=m) for m in MODELS},
+            window=IND["window"],
+            stride=IND["stride"],
+            table=INDICATOR_TABLE,
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("indicator_table", "all"),
+    benchmark:
+        bench_path("indicator_table", "all")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        step("indicator-table")
+
+
+rule indicator_correlation:
+    input:
+        indicators=INDICATOR_TABLE,
+        transfer=TRANSFER_ZERO_SHOT,
+    output:
+        table=INDICATOR_CORRELATION["table"],
+        figure=INDICATOR_CORRELATION["figure"],
+    params:
+        args=args(indicators=INDICATOR_TABLE, transfer=TRANSFER_ZERO_SHOT, **INDICATOR_CORRELATION),
+    conda:
+        ENV_FILE
+    log:
+        log_path("indicator_correlation", "all"),
+    benchmark:
+        bench_path("indicator_correlation", "all")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        step("indicator-correlation")
+
+
+rule indicators:
+    """Target: the pairwise indicator table and its correlation with zero-shot transfer."""
+    input:
+        INDICATOR_TABLE,
+        *INDICATOR_CORRELATION.values(),
