@@ -26,6 +26,17 @@ def _steps() -> dict:
         "train-prompt": source_prompts.train,
         "evaluate-prompt": source_prompts.evaluate,
         "summarise-prompts": reports.summarise_prompt_tuning,
+        **_projection_steps(),
+    }
+
+
+def _projection_steps() -> dict:
+    from . import projection
+
+    return {
+        "train-projector": projection.train,
+        "evaluate-projection": projection.evaluate,
+        "summarise-projection": projection.table,
     }
 
 
