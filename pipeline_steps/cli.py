@@ -30,6 +30,9 @@ STEPS = {
     "indicator-activations": "indicators:compute_activations",
     "indicator-table": "indicators:build_table",
     "indicator-correlation": "indicators:correlation",
+    "train-projector": "projection:train",
+    "evaluate-projection": "projection:evaluate",
+    "summarise-projection": "projection:table",
 }
 
 

@@ -152,6 +152,9 @@ def _check_references(cfg: dict, origin: str) -> None:
             if name in exp["tasks"] and not Path(src["path"]).exists():
                 raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
                                 f"(relative paths are read from {Path.cwd()})")
+    from .projection import check_config as check_projector  # its section's cross-references
+
+    check_projector(cfg, origin)
     for name, model in cfg["models"].items():
         source = model["source"]
         if is_local_path(source) and name in exp["models"] and not Path(source).expanduser().is_dir():

@@ -16,11 +16,16 @@ pytestmark = pytest.mark.workflow
 
 TINY = {
     "threads": 1,
-    "models": {"tiny-bert": {"source": "tiny:bert"}},
+    "models": {"tiny-bert": {"source": "tiny:bert"}, "tiny-roberta": {"source": "tiny:roberta"}},
     "experiment": {"tasks": ["movies", "topics"], "models": ["tiny-bert"], "seeds": [1]},
     "prompt_tuning": {"prompt_length": 4, "steps": 4, "batch_size": 8, "eval_every": 2, "max_length": 32,
                       "checkpoint_every": 2},
     "transfer": {"random_seeds": [0]},
+    # tiny-roberta is outside the grid: its prompts are built on demand for the projector
+    "projector": {"pairs": [{"source": "tiny-bert", "target": "tiny-roberta", "train_tasks": ["movies"],
+                             "eval_tasks": ["topics"]}],
+                  "hidden": 16, "distance": {"steps": 20, "eval_every": 10},
+                  "task": {"steps": 4, "batch_size": 8, "eval_every": 2}},
     "tasks": {
         "movies": {"source": {"demo": "movie_reviews", "size": 80}, "text_fields": ["text"],
                    "label_names": ["negative", "positive"], "template": "{text_a} It was {mask}.",
@@ -72,6 +77,11 @@ def test_full_run_then_noop_then_incremental(workdir):
     tpt = pd.read_parquet(workdir / "results/tables/transfer_init.parquet")
     assert sorted(zip(tpt["source_task"], tpt["target_task"])) == [("movies", "topics"), ("topics", "movies")]
     assert {"final_score", "steps_to_reach", "speedup"} <= set(tpt.columns)
+    cross = pd.read_parquet(workdir / "results/tables/cross_model.parquet")
+    assert sorted(cross["objective"]) == ["distance", "task"] and (cross["target_task"] == "topics").all()
+    assert cross["zero_shot_score"].between(0, 1).all()
+    corr = pd.read_parquet(workdir / "results/tables/indicator_correlation.parquet")
+    assert {"indicator", "layers", "spearman", "p_value", "n_pairs"} <= set(corr.columns)
     assert table["test_score"].between(0, 1).all() and (table["verbalizer"] == "mlm").all()
     for f in ["results/figures/prompt_tuning_scores.png", "results/figures/prompt_tuning_curves.png",
               "results/models/tiny-bert/model.safetensors", "results/prompts/tiny-bert/movies/seed1/prompt.safetensors"]:
