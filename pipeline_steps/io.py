@@ -55,7 +55,8 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     from .errors import UserError
 
     try:
-        return pq.read_table(path).to_pandas()
+        with open(path, "rb") as f:  # one open file: a consistent read even if the path is replaced meanwhile
+            return pq.read_table(f).to_pandas()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (pa.ArrowInvalid, OSError) as e:

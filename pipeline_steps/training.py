@@ -120,7 +120,7 @@ class Checkpoint:
         for k in ("exp_avg", "exp_avg_sq"):
             if k in opt:
                 tensors[f"opt.{k}"] = opt[k]
-        save_tensors(tensors, self.tensors, metadata={"tag": tag})
+        save_tensors(tensors, self.tensors, metadata={"tag": tag, "step": state.step})
         payload = {"tag": tag, "step": state.step, "best_score": state.best_score, "best_step": state.best_step,
                    "elapsed": state.elapsed, "curve": state.curve,
                    "opt_step": float(opt["step"]) if "step" in opt else None}
@@ -132,6 +132,8 @@ class Checkpoint:
         tensors, meta = load_tensors(self.tensors)
         if payload["tag"] != tag or meta.get("tag") != tag:
             raise RuntimeError("checkpoint belongs to other settings")
+        if meta.get("step") != payload["step"]:  # killed between the two writes: the files disagree
+            raise RuntimeError(f"checkpoint tensors (step {meta.get('step')}) and state (step {payload['step']}) differ")
         model.prompt.data.copy_(tensors["prompt"])
         if payload["opt_step"] is not None:
             optimizer.state[model.prompt] = {
