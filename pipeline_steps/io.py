@@ -97,15 +97,18 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
     if not Path(path).exists():
         raise UserError(f"{path}: file not found")
     tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = {}
-        for k, v in (f.metadata() or {}).items():
-            try:
-                meta[k] = json.loads(v)
-            except ValueError:
-                meta[k] = v
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {}
+            for k, v in (f.metadata() or {}).items():
+                try:
+                    meta[k] = json.loads(v)
+                except ValueError:
+                    meta[k] = v
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors parses a header and raw bytes only, never code
+        raise UserError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     return tensors, meta
 
 
