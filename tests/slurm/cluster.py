@@ -212,7 +212,7 @@ class SlurmCluster:
             devices.append(dev)
         ctl_port, node_port = _free_ports(2)
         d = self.dir
-        conf = f"""{MARKER}{d}
+        conf = f"""{MARKER}{d} by pid {os.getpid()}
 ClusterName=ptwtest
 SlurmctldHost={socket.gethostname().split('.')[0]}(127.0.0.1)
 SlurmctldPort={ctl_port}
@@ -298,7 +298,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=10)
-        if self.wrote_system_conf and SYSTEM_CONF.exists() and f"{MARKER}{self.dir}" in SYSTEM_CONF.read_text():
+        if self.wrote_system_conf and SYSTEM_CONF.exists() and f"{MARKER}{self.dir} " in SYSTEM_CONF.read_text():
             SYSTEM_CONF.unlink()
         self.wrote_system_conf = False
 
@@ -313,7 +313,10 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         text = SYSTEM_CONF.read_text(errors="replace")
         if MARKER not in text:
             return
-        old = Path(text.split(MARKER, 1)[1].splitlines()[0])
+        where, _, owner = text.split(MARKER, 1)[1].splitlines()[0].partition(" by pid ")
+        old = Path(where)
+        if owner.isdigit() and Path(f"/proc/{owner}").exists():
+            raise Unavailable(f"another test cluster is running (started by pid {owner}, in {old})")
         for pidfile in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
             try:
                 pid = int((old / "run" / pidfile).read_text().split()[0])
