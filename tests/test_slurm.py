@@ -148,3 +148,19 @@ def test_tiny_workflow_runs_on_slurm_and_gpu_jobs_get_gpus(cluster, tmp_path):
         assert re.search(r"CUDA_VISIBLE_DEVICES=[01]\b", gpu_log), gpu_log
         assert "running on CPU because PTW_CUDA_FALLBACK=cpu" in gpu_log
         assert "CUDA_VISIBLE_DEVICES=<unset>" in cpu_log, cpu_log
+
+
+def test_where_slurm_cannot_be_installed_the_reason_says_why(monkeypatch):
+    """What the fixture turns into a skip message, for the usual reasons."""
+    from slurm import cluster as mod
+
+    monkeypatch.setattr(mod, "_which", lambda name: None if name in ("slurmd", "munged", "apt-get") else f"/x/{name}")
+    monkeypatch.setattr(mod.os, "geteuid", lambda: 1000)
+    with pytest.raises(Unavailable, match=r"Slurm is not installed \(munged, slurmd missing\) and installing it needs root"):
+        ensure_installed()
+    monkeypatch.setattr(mod.os, "geteuid", lambda: 0)
+    with pytest.raises(Unavailable, match="no apt-get to install slurm-wlm and munge"):
+        ensure_installed()
+    monkeypatch.setenv("PTW_SLURM_INSTALL", "0")
+    with pytest.raises(Unavailable, match="PTW_SLURM_INSTALL=0"):
+        ensure_installed()
