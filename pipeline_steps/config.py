@@ -183,6 +183,7 @@ def task_spec(cfg: dict, task: str) -> dict:
 
 def model_spec(cfg: dict, model: str) -> dict:
     spec = copy.deepcopy(cfg["models"][model])
+    spec.pop("gpu_model", None)  # where a job is scheduled, not what it computes
     spec["name"] = model
     return spec
 

@@ -55,7 +55,8 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     from .errors import UserError
 
     try:
-        return pq.read_table(path).to_pandas()
+        with open(path, "rb") as f:  # one open file: a consistent read even if the path is replaced meanwhile
+            return pq.read_table(f).to_pandas()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (pa.ArrowInvalid, OSError) as e:
@@ -100,12 +101,15 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict, dict]:
     if not Path(path).exists():
         raise UserError(f"{path}: file not found")
     tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        raw = dict(f.metadata() or {})
-        meta = json.loads(raw.pop("provenance")) if "provenance" in raw else {}
-        meta.update(raw)  # files written by other tools: plain string metadata
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+            meta = json.loads(raw.pop("provenance")) if "provenance" in raw else {}
+            meta.update(raw)  # files written by other tools: plain string metadata
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors parses a header and raw bytes only, never code
+        raise UserError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     return tensors, meta
 
 

@@ -42,10 +42,26 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# Test-only switch: with PTW_CUDA_FALLBACK=cpu a model configured with device cuda runs on the CPU
+# where no CUDA device is usable (e.g. a Slurm test node with fake GPU gres). Never set it for real runs.
+CUDA_FALLBACK_ENV = "PTW_CUDA_FALLBACK"
+
+
+def visible_devices() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
 def resolve_device(spec: dict) -> torch.device:
     if spec.get("device", "cpu") == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"model '{spec['name']}' asks for device cuda, but no CUDA device is visible")
+            if os.environ.get(CUDA_FALLBACK_ENV) == "cpu":
+                log.warning("model '%s' asks for device cuda, but CUDA is not usable here "
+                            "(CUDA_VISIBLE_DEVICES=%s); running on CPU because %s=cpu",
+                            spec["name"], visible_devices(), CUDA_FALLBACK_ENV)
+                return torch.device("cpu")
+            raise UserError(f"model '{spec['name']}' asks for device cuda, but no CUDA device is visible "
+                            f"(CUDA_VISIBLE_DEVICES={visible_devices()}); on a cluster, check that the job "
+                            f"requested a GPU, or set device: cpu")
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -81,6 +97,6 @@ def load_bundle(model_spec: dict) -> Bundle:
     device = resolve_device(model_spec)
     tokenizer = load_tokenizer(model_spec)
     backbone = Backbone(load_hf_model(model_spec)).to(device)
-    log.info("loaded model %s (%s, %d layers, hidden %d) on %s", model_spec["name"],
-             type(backbone.hf).__name__, backbone.num_layers, backbone.hidden_size, device)
+    log.info("loaded model %s (%s, %d layers, hidden %d) on %s (CUDA_VISIBLE_DEVICES=%s)", model_spec["name"],
+             type(backbone.hf).__name__, backbone.num_layers, backbone.hidden_size, device, visible_devices())
     return Bundle(backbone, tokenizer, device, model_spec)

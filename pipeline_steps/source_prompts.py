@@ -9,18 +9,35 @@ import torch
 
 from .errors import UserError
 from .io import load_tensors, read_parquet, save_tensors, stable_hash, write_json, write_parquet
+from .models.backbone import position_limit
+from .models.registry import load_model_config, load_tokenizer
 from .runtime import autocast, load_bundle, seed_everything, set_threads
 from .training import Checkpoint, TokenizedSplit, predict, score, train_prompt
 from .tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt
+from .verbalizers import label_word_ids
 
 log = logging.getLogger(__name__)
 
 
-def check_lengths(bundle, cfg: PromptTuningConfig, model_name: str) -> None:
-    limit = bundle.backbone.max_positions
+def check_lengths(bundle, cfg: PromptTuningConfig, model_name: str, limit: int | None = None) -> None:
+    """``limit``: the model's position limit when no ``bundle`` is loaded yet (see ``preflight``)."""
+    limit = bundle.backbone.max_positions if bundle is not None else limit
     if limit is not None and cfg.prompt_length + cfg.max_length > limit:
         raise UserError(f"model '{model_name}': prompt_length {cfg.prompt_length} + max_length {cfg.max_length} "
                         f"exceeds the model's {limit} positions; lower one of them")
+
+
+def check_label_words(tokenizer, task_spec: dict, model_name: str) -> None:
+    try:
+        label_word_ids(tokenizer, task_spec["label_words"], task_spec["label_names"])
+    except UserError as e:
+        raise UserError(f"tasks.{task_spec['name']}.label_words with model '{model_name}': {e}") from None
+
+
+def preflight(model_spec: dict, task_spec: dict, cfg: PromptTuningConfig) -> None:
+    """Cheap checks before the weights load and training starts (tokenizer and model config only)."""
+    check_label_words(load_tokenizer(model_spec), task_spec, model_spec["name"])
+    check_lengths(None, cfg, model_spec["name"], limit=position_limit(load_model_config(model_spec)))
 
 
 def load_splits(tokenized: str, pad_id: int, splits=("train", "dev", "test")) -> dict[str, TokenizedSplit]:
@@ -58,8 +75,8 @@ def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, token
     set_threads(threads)
     seed_everything(seed)
     cfg = PromptTuningConfig.from_dict(settings)
+    preflight(model_spec, task_spec, cfg)
     bundle = load_bundle(model_spec)
-    check_lengths(bundle, cfg, model_spec["name"])
     data = load_splits(tokenized, pad_id(bundle.tokenizer), ("train", "dev"))
     verbalizer = bundle.verbalizer(task_spec)
     init, init_source = initial_prompt(bundle, cfg, seed, init_from, task_spec["name"])

@@ -149,7 +149,7 @@ class Checkpoint:
             tensors[f"opt.{name}.exp_avg"] = st["exp_avg"]
             tensors[f"opt.{name}.exp_avg_sq"] = st["exp_avg_sq"]
             steps[name] = st["step"]
-        save_tensors(tensors, self.tensors, metadata={"tag": tag})
+        save_tensors(tensors, self.tensors, metadata={"tag": tag, "step": state.step})
         payload = {"tag": tag, "step": state.step, "best_score": state.best_score, "best_step": state.best_step,
                    "elapsed": state.elapsed, "curve": state.curve, "opt_steps": steps}
         with atomic_path(self.state) as tmp:
@@ -160,6 +160,8 @@ class Checkpoint:
         tensors, meta = load_tensors(self.tensors)
         if payload["tag"] != tag or meta.get("tag") != tag:
             raise RuntimeError("checkpoint belongs to other settings")
+        if meta.get("step") != payload["step"]:  # killed between the two writes: the files disagree
+            raise RuntimeError(f"checkpoint tensors (step {meta.get('step')}) and state (step {payload['step']}) differ")
         if {k.split(".", 1)[1] for k in tensors if k.startswith("param.")} != set(params):
             raise RuntimeError("checkpoint holds other parameters")
         for name, p in params.items():
@@ -200,7 +202,7 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
         try:
             state, best = checkpoint.load(params, optimizer, tag)
             log.info("%s: resumed from checkpoint at step %d", describe, state.step)
-        except (RuntimeError, KeyError, ValueError) as e:
+        except (RuntimeError, KeyError, ValueError, UserError) as e:  # UserError: a torn tensors file
             log.warning("%s: ignoring unusable checkpoint (%s)", describe, e)
             state = TrainState()
     num_classes = model.verbalizer.num_classes

@@ -149,6 +149,11 @@ def init_table(*, runs: list[dict], fraction: float, table: str, figure: str) ->
     from .io import read_json, read_parquet, stable_hash, write_parquet
     from .reports import save_figure
 
+    if not runs:
+        from .errors import UserError
+
+        raise UserError("transfer as initialization: transfer.init gives no (source, target) pair of different "
+                        "tasks within the experiment grid")
     rows, curves = [], []
     for r in runs:
         curve, random_curve = read_parquet(r["curve"]), read_parquet(r["random_curve"])

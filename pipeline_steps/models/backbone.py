@@ -12,6 +12,16 @@ import torch
 from torch import nn
 
 
+def position_limit(config) -> int | None:
+    """Longest input (prompt included) the position embeddings allow; None when unbounded (T5)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (config.pad_token_id or 0) + 1  # RoBERTa's positions start after the padding index
+    return limit
+
+
 class Backbone(nn.Module):
     def __init__(self, hf_model: nn.Module):
         super().__init__()
@@ -23,7 +33,7 @@ class Backbone(nn.Module):
         self.config = cfg
         self.is_seq2seq = bool(getattr(cfg, "is_encoder_decoder", False))
         self.hidden_size = cfg.d_model if self.is_seq2seq else cfg.hidden_size
-        self.max_positions = None if self.is_seq2seq else getattr(cfg, "max_position_embeddings", None)
+        self.max_positions = position_limit(cfg)
         self.word_embeddings = hf_model.get_input_embeddings()
         self._head = self._find_mlm_head()
 

@@ -6,6 +6,7 @@ place, so a killed job never leaves a half-built model under its final name.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -28,17 +29,49 @@ _PROBES = ["The movie was great.", "A man is playing guitar in the park.",
 
 @contextmanager
 def atomic_dir(final: str | os.PathLike):
+    """Build a folder under a temporary name, then rename it into place.
+
+    Safe for concurrent builders of the same folder (two workflows sharing a models
+    folder): each rename is atomic, so ``final`` is always absent, empty or complete;
+    a builder that finds a complete folder installed under it moves that one aside
+    first, and one that loses the race to another builder keeps the winner's folder.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _install_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _install_dir(tmp: Path, final: Path) -> None:
+    def occupied(e: OSError) -> bool:
+        return e.errno in (errno.ENOTEMPTY, errno.EEXIST)
+
+    try:
+        os.replace(tmp, final)  # final absent or an empty folder
+        return
+    except OSError as e:
+        if not occupied(e):
+            raise
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+    try:
+        os.replace(final, old)  # onto our own empty folder: atomic
+    except FileNotFoundError:
+        pass  # another builder moved it aside already
+    except OSError as e:
+        if not occupied(e):
+            raise
+    try:
+        os.replace(tmp, final)
+    except OSError as e:
+        if not occupied(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another builder installed its complete folder first
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- MiniLM-L3 from ONNX -----------------------------------------------------------------------

@@ -95,6 +95,17 @@ def load_tokenizer(spec: dict, models_dir: str | os.PathLike = MODELS_DIR):
         raise UserError(f"model '{spec.get('name', where)}': cannot load the tokenizer from '{where}': {e}") from None
 
 
+def load_model_config(spec: dict, models_dir: str | os.PathLike = MODELS_DIR):
+    """The model's transformers config only (no weights): for cheap checks before a job's long work."""
+    from transformers import AutoConfig
+
+    where = resolve(spec, models_dir)
+    try:
+        return AutoConfig.from_pretrained(where, **_hub_kwargs(spec))
+    except OSError as e:
+        raise UserError(f"model '{spec.get('name', where)}': cannot load the config from '{where}': {e}") from None
+
+
 def load_hf_model(spec: dict, models_dir: str | os.PathLike = MODELS_DIR):
     """Load the transformers model with its MLM/LM head when it has one."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSeq2SeqLM

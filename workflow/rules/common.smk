@@ -73,6 +73,15 @@ def gpu(wildcards):
     return 1 if on_gpu(wildcards.model) else 0
 
 
+def gpu_model_of(model):
+    """The GPU type (models.<name>.gpu_model) a CUDA job asks the cluster for; None (no request) otherwise."""
+    return config["models"][model].get("gpu_model") if on_gpu(model) else None
+
+
+def gpu_model(wildcards):
+    return gpu_model_of(wildcards.model)
+
+
 def model_inputs(model):
     """Files a pipeline step builds for this model (empty for hub, local and embedded-L6 models)."""
     return built_files(config["models"][model]["source"])

@@ -14,8 +14,8 @@ rule prepare_data:
         bench_path("prepare_data", "{task}")
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda w, attempt: 2000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
     shell:
         step("prepare-data")
 
@@ -42,7 +42,7 @@ rule tokenize:
         bench_path("tokenize", "{task}-{model}")
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda w, attempt: 2000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
     shell:
         step("tokenize")

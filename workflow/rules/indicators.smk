@@ -40,6 +40,7 @@ rule indicator_activations:
     threads: THREADS
     resources:
         gpu=gpu,
+        gpu_model=gpu_model,
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=30,
     shell:
@@ -98,7 +99,8 @@ rule indicator_correlation:
 
 
 rule indicators:
-    """Target: the pairwise indicator table and its correlation with zero-shot transfer."""
+    """Target: the pairwise indicator table and its correlation with zero-shot transfer
+    (the correlation needs pairs of different tasks: two tasks or more in the grid)."""
     input:
         INDICATOR_TABLE,
-        *INDICATOR_CORRELATION.values(),
+        *(INDICATOR_CORRELATION.values() if len(TASKS) > 1 else []),

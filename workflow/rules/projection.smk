@@ -45,6 +45,7 @@ rule train_projector:
     resources:
         # the distance objective runs no model: never a GPU
         gpu=lambda w: int(w.objective == "task" and on_gpu(PAIRS[w.pair]["target"])),
+        gpu_model=lambda w: gpu_model_of(PAIRS[w.pair]["target"]) if w.objective == "task" else None,
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=120,
     shell:
@@ -85,6 +86,7 @@ rule evaluate_projection:
     threads: THREADS
     resources:
         gpu=lambda w: int(on_gpu(PAIRS[w.pair]["target"])),
+        gpu_model=lambda w: gpu_model_of(PAIRS[w.pair]["target"]),
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=60,
     shell:
@@ -124,6 +126,7 @@ rule tpt_projected:
     threads: THREADS
     resources:
         gpu=lambda w: int(on_gpu(PAIRS[w.pair]["target"])),
+        gpu_model=lambda w: gpu_model_of(PAIRS[w.pair]["target"]),
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=120,
     shell:

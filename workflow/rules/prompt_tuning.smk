@@ -30,8 +30,9 @@ rule train_prompt:
     threads: THREADS
     resources:
         gpu=gpu,
+        gpu_model=gpu_model,
         mem_mb=lambda w, attempt: 4000 * attempt,
-        runtime=120,
+        runtime=lambda w, attempt: 120 * attempt,
     shell:
         step("train-prompt")
 
@@ -63,8 +64,9 @@ rule evaluate_prompt:
     threads: THREADS
     resources:
         gpu=gpu,
+        gpu_model=gpu_model,
         mem_mb=lambda w, attempt: 4000 * attempt,
-        runtime=60,
+        runtime=lambda w, attempt: 60 * attempt,
     shell:
         step("evaluate-prompt")
 

@@ -48,6 +48,7 @@ rule zero_shot_target:
     threads: THREADS
     resources:
         gpu=gpu,
+        gpu_model=gpu_model,
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=60,
     shell:
@@ -117,6 +118,7 @@ rule train_init_transfer:
     threads: THREADS
     resources:
         gpu=gpu,
+        gpu_model=gpu_model,
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=120,
     shell:
@@ -152,6 +154,7 @@ rule evaluate_init_transfer:
     threads: THREADS
     resources:
         gpu=gpu,
+        gpu_model=gpu_model,
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=60,
     shell:
@@ -201,7 +204,8 @@ rule transfer_init:
 
 
 rule transfer:
-    """Target: zero-shot transfer matrix and transfer as initialization."""
+    """Target: zero-shot transfer matrix and transfer as initialization (when transfer.init
+    yields a pair of different tasks)."""
     input:
         rules.transfer_zero_shot.output,
-        rules.transfer_init.output,
+        rules.transfer_init.output if TPT_RUNS else [],

@@ -1,0 +1,216 @@
+"""Bad input, tried the way a user meets it: the ``snakemake`` command in a working directory.
+
+Two tables. ``AT_START``: the config is refused while Snakemake reads it, before any
+job; nothing is written under ``results/``. ``IN_JOBS``: the problem can only be seen
+by the job that reads the data or the model's tokenizer; that job stops at its start
+(before any training) and writes nothing under its output names, and all such cases
+run in one ``snakemake --keep-going`` over their targets. Every case checks the exit
+status, the message (naming what to fix), and that no Python traceback reaches the user.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+pytestmark = pytest.mark.workflow
+
+MOVIES = {"source": {"demo": "movie_reviews", "size": 60}, "text_fields": ["text"],
+          "label_names": ["negative", "positive"], "template": "{text_a} It was {mask}.",
+          "label_words": {"negative": ["bad"], "positive": ["good"]}}
+BASE = {
+    "threads": 1,
+    "models": {"tiny-bert": {"source": "tiny:bert"}},
+    "experiment": {"tasks": ["movies"], "models": ["tiny-bert"], "seeds": [1]},
+    "prompt_tuning": {"prompt_length": 4, "steps": 4, "batch_size": 8, "eval_every": 2, "max_length": 32},
+    "tasks": {"movies": MOVIES},
+}
+
+
+def _set(path: str, value):
+    def change(cfg: dict, wd: Path) -> None:
+        *parents, last = path.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return change
+
+
+def _rename_task(new: str):
+    def change(cfg: dict, wd: Path) -> None:
+        cfg["tasks"][new] = cfg["tasks"].pop("movies")
+        cfg["experiment"]["tasks"] = [new]
+    return change
+
+
+def _drop(path: str):
+    def change(cfg: dict, wd: Path) -> None:
+        *parents, last = path.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return change
+
+
+def _raw(text: str):
+    return text  # the config file's text as is
+
+
+# (case, change to the tiny config or raw config text, fragments the message must contain)
+AT_START = [
+    ("malformed YAML", _raw("models: [unclosed\n  tiny: 1\n"), ["config.yaml: malformed YAML", "line 1, column 9"]),
+    ("config not a mapping", _raw("- models\n- tasks\n"), ["config.yaml", "must be a mapping"]),
+    ("unknown key", _set("tasks.movies.tempalte", "{text_a} {mask}"), ["tasks.movies", "'tempalte'"]),
+    ("wrong type", _set("prompt_tuning.steps", "many"), ["prompt_tuning.steps", "'many'", "integer"]),
+    ("missing required key", _drop("tasks.movies.label_names"), ["tasks.movies", "'label_names' is a required"]),
+    ("unknown model name", _set("experiment.models", ["tiny-gpt"]), ["experiment.models", "'tiny-gpt'",
+                                                                       "defined models: tiny-bert"]),
+    ("unknown task name", _set("experiment.tasks", ["movies", "films"]), ["experiment.tasks", "'films'"]),
+    ("unknown built-in model", _set("models.tiny-bert.source", "tiny:gpt"), ["models.tiny-bert.source",
+                                                                             "'tiny:gpt'", "known:"]),
+    ("missing data file", _set("tasks.movies.source", {"path": "data/missing.csv"}),
+     ["tasks.movies.source.path", "data/missing.csv", "does not exist"]),
+    ("template without the mask slot", _set("tasks.movies.template", "{text_a} It was good."),
+     ["tasks.movies.template", "mask"]),
+    ("template with an unknown slot", _set("tasks.movies.template", "{text_a} {txt} {mask}"),
+     ["tasks.movies.template", "txt"]),
+    ("label words for other classes", _set("tasks.movies.label_words", {"negative": ["bad"], "pos": ["good"]}),
+     ["tasks.movies.label_words", "label_names"]),
+    ("task name with a path separator", _rename_task("a/b"), ["key 'tasks'", "'a/b'", "letters, digits"]),
+    ("task name '..'", _rename_task(".."), ["key 'tasks'", "'..'", "folder names under results/"]),
+    ("negative learning rate", _set("prompt_tuning.lr", -0.1), ["prompt_tuning.lr", "-0.1"]),
+    ("unknown device", _set("models.tiny-bert.device", "tpu"), ["models.tiny-bert.device", "'tpu'"]),
+    ("GPU type with a space", _set("models.tiny-bert.gpu_model", "a100 80gb"), ["models.tiny-bert.gpu_model"]),
+]
+
+
+def _snakemake(wd: Path, *args: str, timeout: int = 600) -> tuple[int, str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PTW_CUDA_FALLBACK", None)
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *args], cwd=wd, env=env,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return res.returncode, res.stdout + res.stderr
+
+
+def _start_case(wd: Path, change) -> tuple[int, str]:
+    wd.mkdir(parents=True)
+    if isinstance(change, str):
+        (wd / "config.yaml").write_text(change)
+    else:
+        cfg = copy.deepcopy(BASE)
+        change(cfg, wd)
+        (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return _snakemake(wd, "--cores", "1")
+
+
+def test_bad_config_is_refused_before_any_job(tmp_path):
+    assert len(AT_START) + len(IN_JOBS) >= 15
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # independent snakemake processes
+        results = list(pool.map(lambda c: _start_case(tmp_path / f"case{AT_START.index(c)}", c[1]), AT_START))
+    problems = []
+    for (case, _, fragments), (rc, out), i in zip(AT_START, results, range(len(AT_START))):
+        wd = tmp_path / f"case{i}"
+        missing = [f for f in fragments if f not in out]
+        if rc == 0 or missing or "Traceback" in out or (wd / "results").exists() or (wd / "logs").exists():
+            problems.append(f"{case}: status {rc}, missing {missing}, output:\n{out[-1500:]}")
+    assert not problems, "\n\n".join(problems)
+
+
+# --- problems only a job can see: the data, the tokenizer, the model's size, the training ---------------
+
+def _csv(rows: list[dict]) -> str:
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+GOOD_ROWS = [{"text": f"{w} movie number {i}", "label": lab}
+             for i in range(30) for w, lab in [("a good", "positive"), ("a bad", "negative")]]
+
+
+def _file_task(filename: str, **extra) -> dict:
+    return {**copy.deepcopy(MOVIES), "source": {"path": f"data/{filename}"}, **extra}
+
+
+# (case, task name, task config, data file contents, failing rule, target, fragments)
+IN_JOBS = [
+    ("unreadable Parquet", "broken_parquet", _file_task("broken.parquet"), b"PAR1 this is not parquet PAR1",
+     "prepare_data", "data", ["data/broken.parquet", "cannot be read as parquet"]),
+    ("labels outside the label list", "odd_label", _file_task("odd.csv"),
+     _csv(GOOD_ROWS + [{"text": "so so", "label": "maybe"}]), "prepare_data", "data",
+     ["data/odd.csv", "label 'maybe'", "label_names ['negative', 'positive']"]),
+    ("one-class data", "one_class", _file_task("one.csv"), _csv([r for r in GOOD_ROWS if r["label"] == "positive"]),
+     "prepare_data", "data", ["data/one.csv", "single class", "task 'one_class'"]),
+    ("empty split", "no_train", _file_task("split.csv", source={"path": "data/split.csv", "split_field": "part"}),
+     _csv([{**r, "part": "test"} for r in GOOD_ROWS]), "prepare_data", "data",
+     ["data/split.csv", "the train split is empty", "task 'no_train'"]),
+    ("missing text column", "no_column", _file_task("cols.csv", text_fields=["review"]), _csv(GOOD_ROWS),
+     "prepare_data", "data", ["data/cols.csv", "missing column(s) ['review']", "the file has ['text', 'label']"]),
+    ("text that is not UTF-8", "latin1", _file_task("latin1.csv"), "text,label\n".encode() +
+     "caf\u00e9 fine,positive\n".encode("latin-1") + b"bad,negative\n", "prepare_data", "data",
+     ["data/latin1.csv", "not valid UTF-8", "re-save the file as UTF-8"]),
+    ("label word that tokenises to nothing", "snowman", {**copy.deepcopy(MOVIES), "label_words": {
+        "negative": ["\u2603\u2603"], "positive": ["good"]}}, None, "tokenize", "tokens",
+     ["tasks.snowman.label_words", "'\u2603\u2603'", "tokenises to nothing", "tiny-bert"]),
+    ("prompt longer than the model allows", "long_prompt", {**copy.deepcopy(MOVIES), "prompt_tuning": {
+        "prompt_length": 150}}, None, "train_prompt", "prompt",
+     ["model 'tiny-bert'", "prompt_length 150 + max_length 32 exceeds the model's 160 positions"]),
+    ("training that diverges (NaN loss)", "diverge", {**copy.deepcopy(MOVIES), "prompt_tuning": {"lr": 1e30}},
+     None, "train_prompt", "prompt", ["prompt tuning tiny-bert/diverge/seed1: loss is nan at step 2",
+                                      "lower the learning rate"]),
+]
+OUTPUTS = {
+    "data": ["results/data/{task}/data.parquet"],
+    "tokens": ["results/data/{task}/tokens-{model}.parquet"],
+    "prompt": ["results/prompts/{model}/{task}/seed1/prompt.safetensors",
+               "results/prompts/{model}/{task}/seed1/curve.parquet", "results/prompts/{model}/{task}/seed1/meta.json"],
+}
+LOGS = {"prepare_data": "logs/prepare_data/{task}.log", "tokenize": "logs/tokenize/{task}-{model}.log",
+        "train_prompt": "logs/train_prompt/{model}-{task}-seed1.log"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the device case needs a machine without CUDA")
+def test_bad_data_and_settings_stop_their_job_at_its_start(tmp_path):
+    cfg = copy.deepcopy(BASE)
+    cfg["models"]["cuda-bert"] = {"source": "tiny:bert", "device": "cuda"}
+    (tmp_path / "data").mkdir()
+    for _, task, spec, content, *_ in IN_JOBS:
+        cfg["tasks"][task] = spec
+        if content is not None:
+            p = tmp_path / spec["source"]["path"]
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    cfg["experiment"] = {"tasks": sorted(cfg["tasks"]), "models": ["tiny-bert", "cuda-bert"], "seeds": [1]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    fill = lambda pattern, task, model="tiny-bert": pattern.format(task=task, model=model)  # noqa: E731
+    targets = [fill(OUTPUTS[kind][0], task) for _, task, _, _, _, kind, _ in IN_JOBS]
+    targets.append(fill(OUTPUTS["prompt"][0], "movies", "cuda-bert"))  # a cuda model where there is none
+    rc, out = _snakemake(tmp_path, "--cores", "2", "--keep-going", *targets)
+
+    assert rc != 0 and "Traceback" not in out, out[-3000:]
+    problems = []
+    cases = [(c, t, r, k, f) for c, t, _, _, r, k, f in IN_JOBS]
+    cases.append(("device cuda without a GPU", "movies", "train_prompt", "prompt",
+                  ["model 'cuda-bert' asks for device cuda, but no CUDA device is visible", "set device: cpu"]))
+    for case, task, rule, kind, fragments in cases:
+        model = "cuda-bert" if case.startswith("device cuda") else "tiny-bert"
+        log = tmp_path / fill(LOGS[rule], task, model)
+        text = log.read_text() if log.exists() else ""
+        lines = [line for line in text.splitlines() if line.startswith("error: ")]
+        missing = [f for f in fragments if f not in text or f not in out]
+        written = [f for pattern in OUTPUTS[kind] if (tmp_path / (f := fill(pattern, task, model))).exists()]
+        if len(lines) != 1 or missing or written or "Traceback" in text or f"Error in rule {rule}" not in out:
+            problems.append(f"{case}: {rule} log {log.name}: error lines {lines}, missing {missing}, "
+                            f"written {written}\n{text[-800:]}")
+        if rule == "train_prompt":  # refused at the start or at the first steps, not after training
+            assert "step 2/4" not in text and "step 4/4" not in text, (case, text[-800:])
+    assert not problems, "\n\n".join(problems)
