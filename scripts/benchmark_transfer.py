@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pipeline_steps.config import load_config, task_spec  # noqa: E402
 from pipeline_steps.data import prepare, tokenize  # noqa: E402
 from pipeline_steps.io import save_tensors  # noqa: E402
 from pipeline_steps.models.registry import load_hf_model  # noqa: E402
-from pipeline_steps.runtime import load_bundle, set_threads  # noqa: E402
+from pipeline_steps.runtime import load_bundle, set_threads, setup_logging  # noqa: E402
 from pipeline_steps.source_prompts import load_splits, pad_id  # noqa: E402
 from pipeline_steps.training import predict, score  # noqa: E402
 from pipeline_steps.transfer import predict_many  # noqa: E402
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--prompt-length", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    setup_logging(logging.WARNING)
     set_threads(a.threads)
     cfg = load_config(REPO / "config.yaml")
     spec = {"name": a.model, "source": a.model, "verbalizer": "auto", "pooling": "mask", "embedding_scale": 20.0}

@@ -10,6 +10,7 @@ trained together with the prompt. Same model, prompt length, steps and data for 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline_steps.config import load_config, pt_settings, task_spec  # noqa: E402
 from pipeline_steps.data import prepare, tokenize  # noqa: E402
-from pipeline_steps.runtime import load_bundle, set_threads  # noqa: E402
+from pipeline_steps.runtime import load_bundle, set_threads, setup_logging  # noqa: E402
 from pipeline_steps.source_prompts import load_splits, pad_id  # noqa: E402
 from pipeline_steps.training import predict, score, train_module  # noqa: E402
 from pipeline_steps.tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt  # noqa: E402
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["movies", "products", "nli", "topics"])
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    setup_logging(logging.WARNING)
     set_threads(a.threads)
     cfg = load_config(REPO / "config.yaml")
     rows = []
