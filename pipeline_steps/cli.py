@@ -26,6 +26,19 @@ def _steps() -> dict:
         "train-prompt": source_prompts.train,
         "evaluate-prompt": source_prompts.evaluate,
         "summarise-prompts": reports.summarise_prompt_tuning,
+        **_efficient_steps(),
+    }
+
+
+def _efficient_steps() -> dict:
+    from . import efficient
+
+    return {
+        "fpt-scores": efficient.fpt_scores,
+        "fpt-stage": efficient.fpt_stage,
+        "summarise-fpt": efficient.summarise_fpt,
+        "lpt-run": efficient.lpt_run,
+        "summarise-lpt": efficient.summarise_lpt,
     }
 
 

@@ -306,7 +306,7 @@ def _stage_paths(root, i):
             "curve": str(d / "curve.parquet"), "meta": str(d / "meta.json")}
 
 
-@pytest.mark.parametrize("kind", ["bert", "t5"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "t5"])
 def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tmp_path):
     from pipeline_steps import efficient
     from pipeline_steps.source_prompts import load_prompt
