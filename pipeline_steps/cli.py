@@ -33,6 +33,11 @@ STEPS = {
     "train-projector": "projection:train",
     "evaluate-projection": "projection:evaluate",
     "summarise-projection": "projection:table",
+    "fpt-scores": "efficient:fpt_scores",
+    "fpt-stage": "efficient:fpt_stage",
+    "summarise-fpt": "efficient:summarise_fpt",
+    "lpt-run": "efficient:lpt_run",
+    "summarise-lpt": "efficient:summarise_lpt",
 }
 
 

@@ -1,0 +1,155 @@
+# FPT (Fast Prompt Tuning): the prompt is trained through progressively larger partial models.
+# Every stage of a schedule is its own job, taking the previous stage's prompt and AdamW moments
+# as input: stages cache and rerun incrementally, and can be given different resources.
+# The "pt" method is the full-model baseline with the same total steps, run by the same step.
+# Path and config helpers: pipeline_steps/efficient.py.
+
+from pipeline_steps.efficient import (FPT_FILES, FPT_RUN, FPT_SCORES, check_efficient_config, fpt_final_prompt,
+                                      fpt_settings, fpt_stage_args, fpt_stage_inputs, fpt_summary_inputs)
+
+try:
+    check_efficient_config(config)
+except UserError as e:
+    raise WorkflowError(str(e)) from None
+
+FPT_STAGE = f"{FPT_RUN}/stage{{stage}}"
+FPT_EVAL = f"{FPT_RUN}/eval"
+
+
+rule fpt_ffn_scores:
+    input:
+        tokens=TOKENS,
+        model=lambda w: model_inputs(w.model),
+    output:
+        FPT_SCORES,
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            tokenized=fmt(TOKENS, w),
+            output=fmt(FPT_SCORES, w),
+            samples=config["fpt"]["score_samples"],
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("fpt_ffn_scores", "{model}-{task}"),
+    benchmark:
+        bench_path("fpt_ffn_scores", "{model}-{task}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        gpu_model=gpu_model,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=30,
+    shell:
+        step("fpt-scores")
+
+
+rule fpt_stage:
+    input:
+        unpack(lambda w: dict(tokens=fmt(TOKENS, w), model=model_inputs(w.model),
+                              **fpt_stage_inputs(config, dict(w.items())))),
+    output:
+        **{k: f"{FPT_STAGE}/{f}" for k, f in FPT_FILES.items()},
+    wildcard_constraints:
+        method="pt|fpt_depth|fpt_width|fpt_compound",
+        stage=r"\d+",
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            tokenized=fmt(TOKENS, w),
+            checkpoint=fmt("results/checkpoints/fpt/{model}/{task}/seed{seed}/{method}/stage{stage}.safetensors", w),
+            **fpt_stage_args(config, dict(w.items())),
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("fpt_stage", "{model}-{task}-seed{seed}-{method}-stage{stage}"),
+    benchmark:
+        bench_path("fpt_stage", "{model}-{task}-seed{seed}-{method}-stage{stage}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        gpu_model=gpu_model,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=120,
+    shell:
+        step("fpt-stage")
+
+
+rule fpt_evaluate:
+    input:
+        prompt=lambda w: fpt_final_prompt(config, dict(w.items())),
+        tokens=TOKENS,
+        model=lambda w: model_inputs(w.model),
+    output:
+        predictions=f"{FPT_EVAL}/predictions.parquet",
+        scores=f"{FPT_EVAL}/scores.json",
+    wildcard_constraints:
+        method="pt|fpt_depth|fpt_width|fpt_compound",
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            prompt=fpt_final_prompt(config, dict(w.items())),
+            tokenized=fmt(TOKENS, w),
+            predictions=fmt(f"{FPT_EVAL}/predictions.parquet", w),
+            scores=fmt(f"{FPT_EVAL}/scores.json", w),
+            batch_size=fpt_settings(config, w.task)["eval_batch_size"],
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("fpt_evaluate", "{model}-{task}-seed{seed}-{method}"),
+    benchmark:
+        bench_path("fpt_evaluate", "{model}-{task}-seed{seed}-{method}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        gpu_model=gpu_model,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=60,
+    shell:
+        step("evaluate-prompt")
+
+
+FPT_SUMMARY = dict(
+    **fpt_summary_inputs(config),
+    table="results/tables/fpt.parquet",
+    stages_table="results/tables/fpt_stages.parquet",
+    figure="results/figures/fpt_score_vs_flops.png",
+)
+
+
+rule summarise_fpt:
+    input:
+        metas=FPT_SUMMARY["metas"],
+        scores=FPT_SUMMARY["scores"],
+        stage_metas=FPT_SUMMARY["stage_metas"],
+        curves=FPT_SUMMARY["curves"],
+    output:
+        table=FPT_SUMMARY["table"],
+        stages_table=FPT_SUMMARY["stages_table"],
+        figure=FPT_SUMMARY["figure"],
+    params:
+        args=args(**FPT_SUMMARY),
+    conda:
+        ENV_FILE
+    log:
+        log_path("summarise_fpt", "all"),
+    benchmark:
+        bench_path("summarise_fpt", "all")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        step("summarise-fpt")
+
+
+rule fpt:
+    """Target: the FPT grid (fpt.models x fpt.tasks x seeds), its PT baselines and summary."""
+    input:
+        rules.summarise_fpt.output if FPT_SUMMARY["metas"] else [],

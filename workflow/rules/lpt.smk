@@ -1,0 +1,83 @@
+# LPT (Late Prompt Tuning): a generated prompt inserted at layer k; the PLM below k runs without
+# autograd. One job per (model, task, seed, method): profile (step time, peak memory) in the
+# fresh job process, train, score the test split. "pt" is input prompt tuning on the same settings.
+
+from pipeline_steps.efficient import lpt_grid, lpt_late, lpt_settings
+
+LPT_GRID = lpt_grid(config)
+LPT_RUN = "results/lpt/{model}/{task}/seed{seed}/{method}"
+LPT_FILES = {"weights": "weights.safetensors", "curve": "curve.parquet", "meta": "meta.json",
+             "predictions": "predictions.parquet", "scores": "scores.json"}
+
+
+rule lpt_run:
+    input:
+        tokens=TOKENS,
+        model=lambda w: model_inputs(w.model),
+    output:
+        **{k: f"{LPT_RUN}/{f}" for k, f in LPT_FILES.items()},
+    wildcard_constraints:
+        method="pt|lpt_naive|lpt_npg|lpt_appg|lpt_mppg",
+    params:
+        args=lambda w: args(
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            settings=lpt_settings(config, w.task, w.method),
+            seed=int(w.seed),
+            method=w.method,
+            late=lpt_late(config, w.task, w.method),
+            profile=config["lpt"]["profile_steps"],
+            tokenized=fmt(TOKENS, w),
+            checkpoint=fmt("results/checkpoints/lpt/{model}/{task}/seed{seed}/{method}.safetensors", w),
+            **{k: fmt(f"{LPT_RUN}/{f}", w) for k, f in LPT_FILES.items()},
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("lpt_run", "{model}-{task}-seed{seed}-{method}"),
+    benchmark:
+        bench_path("lpt_run", "{model}-{task}-seed{seed}-{method}")
+    threads: THREADS
+    resources:
+        gpu=gpu,
+        gpu_model=gpu_model,
+        mem_mb=lambda w, attempt: 4000 * attempt,
+        runtime=120,
+    shell:
+        step("lpt-run")
+
+
+LPT_SUMMARY = dict(
+    metas=expand(f"{LPT_RUN}/meta.json", model=LPT_GRID["models"], task=LPT_GRID["tasks"], seed=LPT_GRID["seeds"],
+                 method=LPT_GRID["methods"]),
+    table="results/tables/lpt.parquet",
+    figure="results/figures/lpt_score_vs_step_time.png",
+)
+
+
+rule summarise_lpt:
+    input:
+        metas=LPT_SUMMARY["metas"],
+    output:
+        table=LPT_SUMMARY["table"],
+        figure=LPT_SUMMARY["figure"],
+    params:
+        args=args(**LPT_SUMMARY),
+    conda:
+        ENV_FILE
+    log:
+        log_path("summarise_lpt", "all"),
+    benchmark:
+        bench_path("summarise_lpt", "all")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        step("summarise-lpt")
+
+
+rule lpt:
+    """Target: the LPT grid (lpt.models x lpt.tasks x seeds), its PT baselines and summary."""
+    input:
+        rules.summarise_lpt.output if LPT_SUMMARY["metas"] else [],
