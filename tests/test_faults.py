@@ -276,7 +276,10 @@ def test_concurrent_builders_of_one_model_folder(tmp_path):
         while sum((sync / f"{prefix}{r}-{i}").exists() for i in range(n)) < n:
             failed = [p.stderr.read() for p in procs if p.poll() not in (None, 0)]
             assert not failed and time.monotonic() < deadline, failed or f"timeout waiting for {prefix}{r}"
-            names = set(os.listdir(final)) if final.exists() else set()
+            try:  # absent (a builder may have just moved it aside), empty or complete: never partial
+                names = set(os.listdir(final))
+            except FileNotFoundError:
+                names = set()
             assert not names or names == FILES, f"partial model folder visible: {names}"
 
     for r in range(rounds):
