@@ -283,6 +283,10 @@ def fpt_stage(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, m
     opt_state = None
     if previous:
         init, _ = load_prompt(previous["prompt"])
+        want = (cfg.prompt_length, bundle.backbone.hidden_size)
+        if tuple(init.shape) != want:
+            raise UserError(f"{previous['prompt']}: the previous stage's prompt has shape {tuple(init.shape)}, "
+                            f"expected {want}; rerun the earlier stages")
         opt_state = load_optimizer_state(previous["optimizer"])
         prev_meta = read_json(previous["meta"])
         init_source = previous["prompt"]
