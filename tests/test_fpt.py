@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, T5Config, T5For
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.errors import UserError
 from pipeline_steps.flops import Meter, ModelDims, layer_flops, sequence_flops, step_flops
-from pipeline_steps.io import load_tensors, read_json, read_parquet, write_parquet
+from pipeline_steps.io import load_tensors, read_parquet, write_parquet
 from pipeline_steps.models.backbone import Backbone
 from pipeline_steps.models.partial import (PartialSpec, build_partial, ffn_scores, plan_partial, resolve_size,
                                            select_layers, top_neurons)
