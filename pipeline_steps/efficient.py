@@ -179,12 +179,11 @@ def check_efficient_config(cfg: dict, origin: str = "config") -> None:
             raise UserError(f"{origin}: key 'fpt.schedules': no schedule for method '{method}' (listed in "
                             f"fpt.methods); add one or remove the method")
         stages = fpt["schedules"][method]
-        if not stages:
-            raise UserError(f"{origin}: key 'fpt.schedules.{method}': the schedule is empty")
-        last = stages[-1]
-        if last.get("layers") is not None or last.get("ffn") is not None:
-            raise UserError(f"{origin}: key 'fpt.schedules.{method}': the last stage must be the full model "
-                            f"(only 'steps'), got {last}")
+        try:
+            FPTConfig.from_dict({"stages": stages, "selection": fpt["layer_selection"],
+                                 "class_vectors": fpt["class_vectors"]})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{origin}: key 'fpt.schedules.{method}': {e}") from None
         for i, stage in enumerate(stages):
             need = FPT_METHODS[method]
             given = tuple(k for k in ("layers", "ffn") if stage.get(k) is not None)
@@ -283,6 +282,10 @@ def fpt_stage(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, m
     opt_state = None
     if previous:
         init, _ = load_prompt(previous["prompt"])
+        want = (cfg.prompt_length, bundle.backbone.hidden_size)
+        if tuple(init.shape) != want:
+            raise UserError(f"{previous['prompt']}: the previous stage's prompt has shape {tuple(init.shape)}, "
+                            f"expected {want}; rerun the earlier stages")
         opt_state = load_optimizer_state(previous["optimizer"])
         prev_meta = read_json(previous["meta"])
         init_source = previous["prompt"]

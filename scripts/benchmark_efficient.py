@@ -66,8 +66,6 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     ns = ap.parse_args()
 
-    import pandas as pd
-
     from pipeline_steps import efficient, source_prompts
     from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec
     from pipeline_steps.data import prepare, tokenize

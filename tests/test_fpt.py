@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, T5Config, T5For
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.errors import UserError
 from pipeline_steps.flops import Meter, ModelDims, layer_flops, sequence_flops, step_flops
-from pipeline_steps.io import load_tensors, read_json, read_parquet, write_parquet
+from pipeline_steps.io import load_tensors, read_parquet, write_parquet
 from pipeline_steps.models.backbone import Backbone
 from pipeline_steps.models.partial import (PartialSpec, build_partial, ffn_scores, plan_partial, resolve_size,
                                            select_layers, top_neurons)
@@ -378,3 +378,19 @@ def test_stage_needs_scores_for_width(tiny_spec, tmp_path):
         efficient.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
                             seed=1, method="fpt_width", tokenized=tok, stage_index=0, stage={"steps": 1, "ffn": 0.5},
                             last=False, **_stage_paths(tmp_path, 0))
+
+
+def test_stage_refuses_a_previous_prompt_of_another_shape(tiny_spec, tmp_path):
+    from pipeline_steps import efficient
+    from pipeline_steps.io import save_tensors, write_json
+
+    spec = tiny_spec("bert")
+    tok = _tokenized(load_bundle(spec), tmp_path / "tok.parquet", n=24)
+    prev = _stage_paths(tmp_path, 0)
+    save_tensors({"prompt": torch.zeros(3, 32)}, prev["prompt"])
+    efficient.save_optimizer_state({}, prev["optimizer"], {})
+    write_json({}, prev["meta"])
+    with pytest.raises(UserError, match=r"shape \(3, 32\), expected \(2, 32\)"):
+        efficient.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
+                            seed=1, method="fpt_depth", tokenized=tok, stage_index=1, stage={"steps": 1},
+                            last=True, previous=prev, **_stage_paths(tmp_path, 1))

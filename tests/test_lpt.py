@@ -11,7 +11,7 @@ from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.io import read_json, write_parquet
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.tuners.lpt import (LatePromptConfig, LatePromptModel, LayerRunner, NaiveGenerator, NPGenerator,
-                                       PoolingGenerator, build_generator, first_real_index, pool_membership)
+                                       build_generator, first_real_index, pool_membership)
 from pipeline_steps.tuners.prompt_tuning import PromptModel
 
 TASK = {"name": "toy", "label_words": {"negative": ["bad"], "positive": ["good"]},
