@@ -19,6 +19,7 @@ import yaml
 
 from .errors import UserError
 from .io import stable_hash
+from .models.registry import BUILTIN_SOURCES, is_local_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -152,23 +153,87 @@ def _check_references(cfg: dict, origin: str) -> None:
             if name in exp["tasks"] and not Path(src["path"]).exists():
                 raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
                                 f"(relative paths are read from {Path.cwd()})")
-    from .projection import check_config as check_projector  # its section's cross-references
-
     check_projector(cfg, origin)
+    check_efficient(cfg, origin)
     for name, model in cfg["models"].items():
         source = model["source"]
         if is_local_path(source) and name in exp["models"] and not Path(source).expanduser().is_dir():
             raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist")
-        if source.startswith(("embedded:", "tiny:")):
-            from .models.registry import BUILTIN_SOURCES
-
-            if source not in BUILTIN_SOURCES:
-                raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
-                                f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
+        if source.startswith(("embedded:", "tiny:")) and source not in BUILTIN_SOURCES:
+            raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
+                            f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
 
 
-def is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or (not source.startswith(("embedded:", "tiny:")) and Path(source).is_dir())
+# --- cross-checks of the method sections (the schema checks their types) ---------------------
+
+def pair_name(pair: dict) -> str:
+    return pair.get("name") or f"{pair['source']}-to-{pair['target']}"
+
+
+def check_projector(cfg: dict, origin: str = "config") -> None:
+    """Cross-references of the ``projector:`` section (after schema validation and defaults)."""
+    section = cfg.get("projector") or {}
+    seen = {}
+    for i, pair in enumerate(section.get("pairs", [])):
+        key = f"{origin}: key 'projector.pairs.{i}"
+        for role in ("source", "target"):
+            if pair[role] not in cfg["models"]:
+                raise UserError(f"{key}.{role}': unknown model '{pair[role]}'; "
+                                f"defined models: {', '.join(sorted(cfg['models']))}")
+        if pair["source"] == pair["target"]:
+            raise UserError(f"{key}': source and target are the same model '{pair['source']}'")
+        for field in ("train_tasks", "eval_tasks"):
+            for task in pair[field]:
+                if task not in cfg["tasks"]:
+                    raise UserError(f"{key}.{field}': unknown task '{task}'; "
+                                    f"defined tasks: {', '.join(sorted(cfg['tasks']))}")
+        tasks = list(dict.fromkeys(pair["train_tasks"] + pair["eval_tasks"]))
+        lengths = {t: pt_settings(cfg, t)["prompt_length"] for t in tasks}
+        if len(set(lengths.values())) > 1:
+            raise UserError(f"{key}': the projector maps prompts of one length L, but the pair's tasks have "
+                            f"prompt lengths {lengths} (prompt_tuning.prompt_length and per-task overrides)")
+        name = pair_name(pair)
+        if name in seen:
+            raise UserError(f"{key}.name': pair name '{name}' is also used by projector.pairs.{seen[name]}; "
+                            f"give one of them a distinct 'name'")
+        seen[name] = i
+
+
+def check_efficient(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``fpt:`` and ``lpt:`` sections that the schema cannot express."""
+    for section in ("fpt", "lpt"):
+        sec = cfg[section]
+        for kind in ("models", "tasks"):
+            for name in sec[kind]:
+                if name not in cfg[kind]:
+                    raise UserError(f"{origin}: key '{section}.{kind}': unknown {kind[:-1]} '{name}'; "
+                                    f"defined {kind}: {', '.join(sorted(cfg[kind]))}")
+    from .tuners.fpt import METHODS as FPT_METHODS, FPTConfig
+
+    fpt = cfg["fpt"]
+    totals = {}
+    for method in fpt["methods"]:
+        if method not in fpt["schedules"]:
+            raise UserError(f"{origin}: key 'fpt.schedules': no schedule for method '{method}' (listed in "
+                            f"fpt.methods); add one or remove the method")
+        stages = fpt["schedules"][method]
+        try:
+            FPTConfig.from_dict({"stages": stages, "selection": fpt["layer_selection"],
+                                 "class_vectors": fpt["class_vectors"]})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{origin}: key 'fpt.schedules.{method}': {e}") from None
+        for i, stage in enumerate(stages):
+            need = FPT_METHODS[method]
+            given = tuple(k for k in ("layers", "ffn") if stage.get(k) is not None)
+            if i < len(stages) - 1 and given != need:
+                raise UserError(f"{origin}: key 'fpt.schedules.{method}[{i}]': a {method} stage sets "
+                                f"{' and '.join(need)} (and steps), got {stage}")
+        totals[method] = sum(s["steps"] for s in stages)
+    if fpt.get("pt_steps") is None and len(set(totals.values())) > 1:
+        raise UserError(f"{origin}: key 'fpt.schedules': the methods' total steps differ ({totals}); make them "
+                        f"equal or set fpt.pt_steps, the steps of the PT baseline they are compared with")
+    if fpt["models"] and fpt["tasks"] and not fpt["methods"]:
+        raise UserError(f"{origin}: key 'fpt.methods': give at least one FPT method")
 
 
 # --- queries used by the Snakefile and the steps -------------------------------------------

@@ -25,12 +25,14 @@ from .errors import UserError
 from .flops import Meter, MeteredForward, ModelDims, peak_memory
 from .io import load_tensors, read_json, read_parquet, save_tensors, stable_hash, write_json, write_parquet
 from .runtime import Bundle, autocast, load_bundle, seed_everything, set_threads
-from .source_prompts import check_lengths, initial_prompt, load_prompt, load_splits, pad_id
+from .prompt_tuning.model import load_prompt
+from .prompt_tuning.steps import check_lengths, initial_prompt
 from .training import Checkpoint, TokenizedSplit, predict, score, train_module, trainable
 from .tuners.fpt import METHODS as FPT_METHODS
 from .tuners.fpt import FPTConfig, FPTStage, StagePromptModel, stage_backbone
 from .tuners.lpt import GENERATORS, LatePromptConfig, LatePromptModel, build_generator
-from .tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt
+from .prompt_tuning.config import PromptTuningConfig
+from .prompt_tuning.model import PromptModel, init_prompt
 
 log = logging.getLogger(__name__)
 LPT_METHODS = tuple(f"lpt_{g}" for g in GENERATORS)
@@ -161,41 +163,6 @@ def fpt_summary_inputs(cfg: dict) -> dict:
                         out["stage_metas"].append(files["meta"])
                         out["curves"].append(files["curve"])
     return out
-
-
-def check_efficient_config(cfg: dict, origin: str = "config") -> None:
-    """Cross-checks of the ``fpt:`` and ``lpt:`` sections that the schema cannot express."""
-    for section in ("fpt", "lpt"):
-        sec = cfg[section]
-        for kind in ("models", "tasks"):
-            for name in sec[kind]:
-                if name not in cfg[kind]:
-                    raise UserError(f"{origin}: key '{section}.{kind}': unknown {kind[:-1]} '{name}'; "
-                                    f"defined {kind}: {', '.join(sorted(cfg[kind]))}")
-    fpt = cfg["fpt"]
-    totals = {}
-    for method in fpt["methods"]:
-        if method not in fpt["schedules"]:
-            raise UserError(f"{origin}: key 'fpt.schedules': no schedule for method '{method}' (listed in "
-                            f"fpt.methods); add one or remove the method")
-        stages = fpt["schedules"][method]
-        try:
-            FPTConfig.from_dict({"stages": stages, "selection": fpt["layer_selection"],
-                                 "class_vectors": fpt["class_vectors"]})
-        except (ValueError, TypeError) as e:
-            raise UserError(f"{origin}: key 'fpt.schedules.{method}': {e}") from None
-        for i, stage in enumerate(stages):
-            need = FPT_METHODS[method]
-            given = tuple(k for k in ("layers", "ffn") if stage.get(k) is not None)
-            if i < len(stages) - 1 and given != need:
-                raise UserError(f"{origin}: key 'fpt.schedules.{method}[{i}]': a {method} stage sets "
-                                f"{' and '.join(need)} (and steps), got {stage}")
-        totals[method] = sum(s["steps"] for s in stages)
-    if fpt.get("pt_steps") is None and len(set(totals.values())) > 1:
-        raise UserError(f"{origin}: key 'fpt.schedules': the methods' total steps differ ({totals}); make them "
-                        f"equal or set fpt.pt_steps, the steps of the PT baseline they are compared with")
-    if fpt["models"] and fpt["tasks"] and not fpt["methods"]:
-        raise UserError(f"{origin}: key 'fpt.methods': give at least one FPT method")
 
 
 # --- FPT -----------------------------------------------------------------------------------------
@@ -394,7 +361,7 @@ def _fpt_figure(df: pd.DataFrame, curves: list[str], figure: str) -> None:
     import matplotlib.pyplot as plt
 
     from .io import parquet_provenance
-    from .reports import save_figure
+    from .figures import save_figure
 
     groups = sorted({(m, t) for m, t in zip(df["model"], df["task"])})
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
@@ -599,7 +566,7 @@ def _lpt_figure(df: pd.DataFrame, figure: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reports import save_figure
+    from .figures import save_figure
 
     groups = sorted({(m, t) for m, t in zip(df["model"], df["task"])})
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)

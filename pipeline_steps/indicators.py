@@ -10,7 +10,7 @@ one seed:
   prompts) and ``euclidean_tokens`` (mean of ``1 / (1 + ||p_i - q_j||)`` over all token pairs).
 * **Overlapping rate of activated neurons** (``on``): the prompt is fed with an otherwise empty
   input (the tokenizer's special tokens around one mask token, prompt first as in
-  :class:`~pipeline_steps.tuners.prompt_tuning.PromptModel`); forward hooks on
+  :class:`~pipeline_steps.prompt_tuning.model.PromptModel`); forward hooks on
   :meth:`Backbone.ffn_modules` record each layer's FFN intermediate activation at the mask position
   (T5: the sentinel position in encoder blocks, the first decoder step in decoder blocks). A neuron
   is *active* when that value is ``> 0`` (after GELU for BERT/RoBERTa, i.e. a positive
@@ -221,7 +221,7 @@ def compute_activations(*, model_spec: dict, prompts: list[dict], output: str, t
     the empty input and each entry's prompt path and config hash.
     """
     from .runtime import autocast, load_bundle, set_threads
-    from .source_prompts import load_prompt
+    from .prompt_tuning.model import load_prompt
 
     set_threads(threads)
     if not prompts:
@@ -300,7 +300,7 @@ def build_table(*, runs: list[dict], activations: dict[str, str], window: int, s
 
     ``runs``: ``[{"model", "task", "seed", "prompt"}]``; ``activations``: ``{model: path}``.
     """
-    from .source_prompts import load_prompt
+    from .prompt_tuning.model import load_prompt
 
     prompts, masks, groups, sources = {}, {}, {}, {}
     for model, path in activations.items():
@@ -385,7 +385,7 @@ def correlation_figure(merged: pd.DataFrame, corr: pd.DataFrame, path: str, perf
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reports import save_figure
+    from .figures import save_figure
 
     models = list(dict.fromkeys(merged["model"]))
     panels = [(k, INPUT_LAYERS) for k in EMBEDDING_INDICATORS] + [("on", ALL_LAYERS)]

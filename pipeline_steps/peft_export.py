@@ -17,7 +17,7 @@ import torch
 from .io import write_json
 from .models.build import atomic_dir
 from .models.registry import load_hf_model, resolve
-from .source_prompts import load_prompt
+from .prompt_tuning.model import load_prompt
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ Steps (each a ``python -m pipeline_steps`` entry, one Snakemake rule each):
   ``tpt_projected``, which is the ordinary ``train-prompt`` step with ``init_from``);
 * ``table``: ``results/tables/cross_model.parquet`` with zero-shot scores and init speedups.
 
-Helpers ``pairs``, ``projector_settings`` and ``check_config`` read and check the config's
-``projector:`` section (used by the rules and the steps).
+Helpers ``pairs`` and ``projector_settings`` read the config's ``projector:`` section (its checks
+are in ``config.check_projector``).
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import pt_settings
+from .config import pair_name, pt_settings
 from .errors import UserError
 from .io import load_tensors, read_json, read_parquet, save_tensors, stable_hash, write_json, write_parquet
 from .runtime import autocast, load_bundle, seed_everything, set_threads
-from .training import TokenizedSplit, lr_at, predict, score, trainable
+from .training import TokenizedSplit, lr_at, predict, score, trainable, training_step
 from .transfer import init_speedup
 from .tuners.projector import OBJECTIVES, ProjectedPromptModel, ProjectorConfig, PromptProjector
 
@@ -39,10 +39,6 @@ SPEEDUP_FRACTION = 0.9  # init speedup threshold: this fraction of the random-in
 
 
 # --- config ---------------------------------------------------------------------------------------
-
-def pair_name(pair: dict) -> str:
-    return pair.get("name") or f"{pair['source']}-to-{pair['target']}"
-
 
 def pairs(cfg: dict) -> dict[str, dict]:
     """The configured projector pairs by name (default name ``{source}-to-{target}``)."""
@@ -58,35 +54,6 @@ def projector_settings(cfg: dict, objective: str) -> dict:
     """``ProjectorConfig`` fields for one objective: the shared ``hidden`` plus the objective's section."""
     section = cfg["projector"]
     return ProjectorConfig.from_dict({"hidden": section["hidden"], **section[objective]}).to_dict()
-
-
-def check_config(cfg: dict, origin: str = "config") -> None:
-    """Cross-references of the ``projector:`` section (after schema validation and defaults)."""
-    section = cfg.get("projector") or {}
-    seen = {}
-    for i, pair in enumerate(section.get("pairs", [])):
-        key = f"{origin}: key 'projector.pairs.{i}"
-        for role in ("source", "target"):
-            if pair[role] not in cfg["models"]:
-                raise UserError(f"{key}.{role}': unknown model '{pair[role]}'; "
-                                f"defined models: {', '.join(sorted(cfg['models']))}")
-        if pair["source"] == pair["target"]:
-            raise UserError(f"{key}': source and target are the same model '{pair['source']}'")
-        for field in ("train_tasks", "eval_tasks"):
-            for task in pair[field]:
-                if task not in cfg["tasks"]:
-                    raise UserError(f"{key}.{field}': unknown task '{task}'; "
-                                    f"defined tasks: {', '.join(sorted(cfg['tasks']))}")
-        tasks = list(dict.fromkeys(pair["train_tasks"] + pair["eval_tasks"]))
-        lengths = {t: pt_settings(cfg, t)["prompt_length"] for t in tasks}
-        if len(set(lengths.values())) > 1:
-            raise UserError(f"{key}': the projector maps prompts of one length L, but the pair's tasks have "
-                            f"prompt lengths {lengths} (prompt_tuning.prompt_length and per-task overrides)")
-        name = pair_name(pair)
-        if name in seen:
-            raise UserError(f"{key}.name': pair name '{name}' is also used by projector.pairs.{seen[name]}; "
-                            f"give one of them a distinct 'name'")
-        seen[name] = i
 
 
 # --- paths for the rules (workflow/rules/projection.smk) --------------------------------------------
@@ -222,28 +189,17 @@ def fit_task(models: dict[str, ProjectedPromptModel], train: dict[str, Tokenized
         t = step % len(tasks)
         task = tasks[t]
         rows = _rows(len(train[task]), cfg.batch_size, seed * 7919 + t, step // len(tasks))
-        b = train[task].batch(rows, device)
-        models[task].train()
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        with amp or torch.autocast("cpu", enabled=False):
-            logits = models[task](b["input_ids"], b["attention_mask"], b["mask_pos"])
-        loss = F.cross_entropy(logits.float(), b["labels"])
-        if not torch.isfinite(loss):
-            raise UserError(f"{describe}: loss is {loss.item()} at step {step + 1} (task {task}); "
-                            f"lower the projector's learning rate (now {cfg.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(training_step(
+            models[task], train[task].batch(rows, device), optimizer, params, lr_at(step, cfg), cfg.grad_clip,
+            amp=amp, on_nan=f"{describe}: loss is {{loss}} at step {step + 1} (task {task}); "
+                            f"lower the projector's learning rate (now {cfg.lr})"))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             evaluate(step + 1)
     return best, curve
 
 
 def _stack_prompts(paths: list[str], what: str) -> torch.Tensor:
-    from .source_prompts import load_prompt
+    from .prompt_tuning.model import load_prompt
 
     tensors = [load_prompt(p)[0].float() for p in paths]
     for p, t in zip(paths, tensors):
@@ -312,7 +268,7 @@ def train(*, source_spec: dict, target_spec: dict, task_specs: list[dict], objec
     else:
         if not tokenized or len(tokenized) != len(names):
             raise UserError(f"{describe}: the task objective needs every train task tokenised for the target model")
-        from .source_prompts import load_splits, pad_id
+        from .training import load_splits, pad_id
 
         bundle = load_bundle(target_spec)
         d_tgt = bundle.backbone.hidden_size
@@ -349,7 +305,7 @@ def train(*, source_spec: dict, target_spec: dict, task_specs: list[dict], objec
 
 def project(*, projector: str, source_prompt: str, output: str) -> dict:
     """Apply a trained projector to a source prompt; write the projected prompt artifact."""
-    from .source_prompts import load_prompt
+    from .prompt_tuning.model import load_prompt
 
     model, pmeta = load_projector(projector)
     src, smeta = load_prompt(source_prompt)
@@ -377,8 +333,8 @@ def evaluate(*, target_spec: dict, task_spec: dict, projector: str, source_promp
     target model's own prompt of the task) the scores also hold the MSE and mean per-token
     cosine between the projected and the target's own prompt.
     """
-    from .source_prompts import evaluate as evaluate_prompt
-    from .source_prompts import load_prompt
+    from .prompt_tuning.steps import evaluate as evaluate_prompt
+    from .prompt_tuning.model import load_prompt
 
     pmeta = project(projector=projector, source_prompt=source_prompt, output=prompt)
     result = evaluate_prompt(model_spec=target_spec, task_spec=task_spec, prompt=prompt, tokenized=tokenized,
@@ -449,7 +405,7 @@ def _figure(df: pd.DataFrame, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reports import save_figure
+    from .figures import save_figure
 
     groups = list(df.groupby(["source_model", "target_model"])) if len(df) else []
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(1 + 4.5 * max(1, len(groups)), 3.6), squeeze=False)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .io import atomic_path, load_tensors, save_tensors
-from .tuners.prompt_tuning import PromptTuningConfig
+from .io import atomic_path, load_tensors, read_parquet, save_tensors
+from .prompt_tuning.config import PromptTuningConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,14 @@ class TokenizedSplit:
         order = np.arange(len(self))
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start:start + batch_size], device)
+
+def load_splits(tokenized: str, pad_id: int, splits=("train", "dev", "test")) -> dict[str, TokenizedSplit]:
+    df = read_parquet(tokenized)
+    return {s: TokenizedSplit.from_frame(df, s, pad_id) for s in splits}
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def score(preds: np.ndarray, labels: np.ndarray, metric: str, num_classes: int) -> float:
@@ -178,6 +186,30 @@ class Checkpoint:
         self.state.unlink(missing_ok=True)
 
 
+def training_step(model, batch: dict, optimizer, params: dict, lr: float, grad_clip: float, *, amp=None,
+                  loss_fn: Callable | None = None, on_nan: str = "loss is {loss}") -> float:
+    """One optimizer step on one batch: forward (under ``amp``), loss, backward, clip, AdamW.
+
+    ``model(input_ids, attention_mask, mask_pos)`` returns class logits; ``loss_fn(logits, batch)``
+    defaults to cross-entropy on ``batch["labels"]`` (it may add terms, e.g. a regulariser).
+    Every parameter group gets ``lr`` times its ``lr_scale`` (1 by default). A non-finite loss
+    raises ``UserError(on_nan.format(loss=...))`` before any parameter changes. Returns the loss.
+    """
+    model.train()
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    with amp or torch.autocast("cpu", enabled=False):
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
+    loss = loss_fn(logits, batch) if loss_fn else F.cross_entropy(logits.float(), batch["labels"])
+    if not torch.isfinite(loss):
+        raise UserError(on_nan.format(loss=loss.item()))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(params.values()), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, *, seed: int,
                  metric: str, device, checkpoint: Checkpoint | None = None, tag: str = "", describe: str = "",
                  amp=None, on_eval: Callable | None = None, optimizer_state: dict | None = None):
@@ -218,22 +250,11 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order, order_epoch = torch.randperm(len(train), generator=g), epoch
         rows = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size].numpy()
-        b = train.batch(rows, device)
-        model.train()
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(state.step, cfg)
-        with amp or torch.autocast("cpu", enabled=False):
-            logits = model(b["input_ids"], b["attention_mask"], b["mask_pos"])
-        loss = F.cross_entropy(logits.float(), b["labels"])
-        if not torch.isfinite(loss):
-            raise UserError(f"{describe}: loss is {loss.item()} at step {state.step + 1}; "
-                            f"lower the learning rate (now {cfg.lr}) or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-        optimizer.step()
+        last_loss = training_step(model, train.batch(rows, device), optimizer, params, lr_at(state.step, cfg),
+                                  cfg.grad_clip, amp=amp,
+                                  on_nan=f"{describe}: loss is {{loss}} at step {state.step + 1}; "
+                                         f"lower the learning rate (now {cfg.lr}) or check the data")
         state.step += 1
-        last_loss = loss.item()
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)
             dev_score = score(logits.argmax(1), dev.labels, metric, num_classes)

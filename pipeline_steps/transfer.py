@@ -58,9 +58,10 @@ def zero_shot(*, model_spec: dict, target_spec: dict, tokenized: str, prompts: l
     from .errors import UserError
     from .io import stable_hash, write_parquet
     from .runtime import autocast, load_bundle, set_threads
-    from .source_prompts import load_prompt, load_splits, pad_id
+    from .prompt_tuning.model import load_prompt
+    from .training import load_splits, pad_id
     from .training import score
-    from .tuners.prompt_tuning import PromptModel, init_prompt
+    from .prompt_tuning.model import PromptModel, init_prompt
 
     set_threads(threads)
     bundle = load_bundle(model_spec)
@@ -112,7 +113,7 @@ def plot_heatmaps(df: "pd.DataFrame", path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reports import save_figure
+    from .figures import save_figure
 
     models = sorted(df["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 4.2), squeeze=False)
@@ -147,7 +148,7 @@ def init_table(*, runs: list[dict], fraction: float, table: str, figure: str) ->
     import matplotlib.pyplot as plt
 
     from .io import read_json, read_parquet, stable_hash, write_parquet
-    from .reports import save_figure
+    from .figures import save_figure
 
     if not runs:
         from .errors import UserError

@@ -66,7 +66,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     ns = ap.parse_args()
 
-    from pipeline_steps import efficient, source_prompts
+    from pipeline_steps import efficient
+    from pipeline_steps.prompt_tuning import steps as source_prompts
     from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec
     from pipeline_steps.data import prepare, tokenize
     from pipeline_steps.models.build import build_tiny
@@ -188,8 +189,8 @@ def interleaved_step_times(mspec, tspec, settings, metas, tokens, ns) -> dict:
     from pipeline_steps import efficient
     from pipeline_steps.io import read_json
     from pipeline_steps.runtime import load_bundle, set_threads
-    from pipeline_steps.source_prompts import load_splits, pad_id
-    from pipeline_steps.tuners.prompt_tuning import PromptTuningConfig
+    from pipeline_steps.training import load_splits, pad_id
+    from pipeline_steps.prompt_tuning.config import PromptTuningConfig
 
     set_threads(ns.threads)
     bundle = load_bundle(mspec)

@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline_steps.config import load_config, pt_settings, task_spec  # noqa: E402
 from pipeline_steps.data import prepare, tokenize  # noqa: E402
 from pipeline_steps.runtime import load_bundle, set_threads, setup_logging  # noqa: E402
-from pipeline_steps.source_prompts import load_splits, pad_id  # noqa: E402
+from pipeline_steps.training import load_splits, pad_id  # noqa: E402
 from pipeline_steps.training import predict, score, train_module  # noqa: E402
-from pipeline_steps.tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt  # noqa: E402
+from pipeline_steps.prompt_tuning.config import PromptTuningConfig
+from pipeline_steps.prompt_tuning.model import PromptModel, init_prompt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from pipeline_steps.config import load_config, model_spec, pt_settings, task_spe
 from pipeline_steps.io import load_tensors, read_parquet
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.training import Checkpoint, train_prompt
-from pipeline_steps.tuners.prompt_tuning import PromptTuningConfig
+from pipeline_steps.prompt_tuning.config import PromptTuningConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"

@@ -309,7 +309,7 @@ def _stage_paths(root, i):
 @pytest.mark.parametrize("kind", ["bert", "roberta", "t5"])
 def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tmp_path):
     from pipeline_steps import efficient
-    from pipeline_steps.source_prompts import load_prompt
+    from pipeline_steps.prompt_tuning.model import load_prompt
     from pipeline_steps.training import train_module
 
     spec = tiny_spec(kind)
@@ -337,8 +337,8 @@ def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tm
     # replay stage 1 by hand from the artifacts: same prompt as the stage step
     model = StagePromptModel(bundle.backbone, bundle.verbalizer(TASK), prompt0)
     assert torch.equal(model.prompt.detach(), prompt0)
-    from pipeline_steps.source_prompts import load_splits, pad_id
-    from pipeline_steps.tuners.prompt_tuning import PromptTuningConfig
+    from pipeline_steps.training import load_splits, pad_id
+    from pipeline_steps.prompt_tuning.config import PromptTuningConfig
     data = load_splits(tok, pad_id(bundle.tokenizer), ("train", "dev"))
     cfg = PromptTuningConfig.from_dict({**settings, "steps": 2})
     best, _, opt = train_module(model, data["train"], data["dev"], cfg, seed=1 + efficient.STAGE_SEED_STRIDE,

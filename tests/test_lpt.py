@@ -12,7 +12,7 @@ from pipeline_steps.io import read_json, write_parquet
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.tuners.lpt import (LatePromptConfig, LatePromptModel, LayerRunner, NaiveGenerator, NPGenerator,
                                        build_generator, first_real_index, pool_membership)
-from pipeline_steps.tuners.prompt_tuning import PromptModel
+from pipeline_steps.prompt_tuning.model import PromptModel
 
 TASK = {"name": "toy", "label_words": {"negative": ["bad"], "positive": ["good"]},
         "label_names": ["negative", "positive"], "metric": "accuracy"}
@@ -259,7 +259,7 @@ def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path
 def test_late_prompt_learns_on_a_real_encoder():
     """The appg generator at half depth of the frozen MiniLM learns the toy task."""
     from pipeline_steps.training import TokenizedSplit, train_module
-    from pipeline_steps.tuners.prompt_tuning import PromptTuningConfig
+    from pipeline_steps.prompt_tuning.config import PromptTuningConfig
 
     bundle = load_bundle({"name": "l6", "source": "embedded:minilm-l6", "verbalizer": "auto", "pooling": "mask",
                           "embedding_scale": 20.0})

@@ -8,7 +8,7 @@ from pipeline_steps import peft_export
 from pipeline_steps.io import save_tensors
 from pipeline_steps.models.registry import load_hf_model
 from pipeline_steps.runtime import load_bundle
-from pipeline_steps.tuners.prompt_tuning import PromptModel, init_prompt
+from pipeline_steps.prompt_tuning.model import PromptModel, init_prompt
 from test_prompt_tuning import TASK, toy_split
 
 MINILM = {"name": "minilm-l6", "source": "embedded:minilm-l6", "verbalizer": "auto", "pooling": "mask",

@@ -11,14 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_steps import projection, source_prompts
+from pipeline_steps import projection
+from pipeline_steps.config import check_projector
+from pipeline_steps.prompt_tuning import steps as source_prompts
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.errors import UserError
 from pipeline_steps.io import load_tensors, read_json, read_parquet, save_tensors, write_parquet
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.training import TokenizedSplit, train_module, trainable
 from pipeline_steps.tuners.projector import ProjectedPromptModel, ProjectorConfig, PromptProjector
-from pipeline_steps.tuners.prompt_tuning import PromptTuningConfig
+from pipeline_steps.prompt_tuning.config import PromptTuningConfig
 
 L = 4
 SENTIMENT = {"name": "sentiment", "label_words": {"negative": ["bad"], "positive": ["good"]},
@@ -302,7 +304,7 @@ def two_models(minimal_config):
 
 def test_config_defaults_and_settings(two_models):
     cfg = with_pairs(two_models, {"source": "m", "target": "n", "train_tasks": ["t"], "eval_tasks": ["u"]})
-    projection.check_config(cfg)
+    check_projector(cfg)
     assert list(projection.pairs(cfg)) == ["m-to-n"]
     assert cfg["projector"]["objectives"] == ["distance", "task"]
     s = projection.projector_settings(cfg, "task")
@@ -321,14 +323,14 @@ def test_config_errors_name_the_key(two_models, pair, extra, message):
         two_models["tasks"][task]["prompt_tuning"] = pt
     p = {"train_tasks": ["t"], "eval_tasks": ["u"], **pair}
     with pytest.raises(UserError, match=message):
-        projection.check_config(with_pairs(two_models, p))
+        check_projector(with_pairs(two_models, p))
 
 
 def test_config_rejects_duplicate_pair_names_and_bad_objectives(two_models):
     p = {"source": "m", "target": "n", "train_tasks": ["t"], "eval_tasks": ["u"]}
     with pytest.raises(UserError, match=r"projector\.pairs\.1\.name': pair name 'm-to-n'"):
-        projection.check_config(with_pairs(two_models, p, {**p, "train_tasks": ["u"]}))
-    projection.check_config(with_pairs(two_models, p, {**p, "name": "other"}))
+        check_projector(with_pairs(two_models, p, {**p, "train_tasks": ["u"]}))
+    check_projector(with_pairs(two_models, p, {**p, "name": "other"}))
     with pytest.raises(UserError, match=r"projector\.objectives\.0"):
         with_pairs(two_models, p, objectives=["cosine"])
 

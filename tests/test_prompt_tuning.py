@@ -8,7 +8,8 @@ from pipeline_steps.errors import UserError
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.training import (Checkpoint, TokenizedSplit, TrainState, adam_state, score, train_module,
                                      train_prompt)
-from pipeline_steps.tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt
+from pipeline_steps.prompt_tuning.config import PromptTuningConfig
+from pipeline_steps.prompt_tuning.model import PromptModel, init_prompt
 from pipeline_steps.verbalizers import EmbeddingVerbalizer, MLMVerbalizer, label_word_ids
 
 WORDS = {"negative": ["bad", "terrible"], "positive": ["good", "great"]}
@@ -166,7 +167,7 @@ def test_metrics():
 
 
 def test_train_step_writes_artifacts_and_supports_init_from(tiny_spec, tmp_path):
-    from pipeline_steps import source_prompts
+    from pipeline_steps.prompt_tuning import steps as source_prompts
     from pipeline_steps.io import load_tensors, read_json, read_parquet, write_parquet
 
     bundle = load_bundle(tiny_spec("bert"))
@@ -242,7 +243,7 @@ def test_safetensors_artifacts_are_byte_identical(tmp_path):
 
 
 def test_initial_prompts_differ_between_tasks(bert):
-    from pipeline_steps.source_prompts import initial_prompt
+    from pipeline_steps.prompt_tuning.steps import initial_prompt
 
     cfg = PromptTuningConfig(prompt_length=4)
     a, _ = initial_prompt(bert, cfg, 1, None, "movies")

@@ -31,7 +31,7 @@ def test_predict_many_equals_one_prompt_at_a_time(tiny_spec):
     from pipeline_steps.runtime import load_bundle
     from pipeline_steps.training import predict
     from pipeline_steps.transfer import predict_many
-    from pipeline_steps.tuners.prompt_tuning import PromptModel
+    from pipeline_steps.prompt_tuning.model import PromptModel
     from test_prompt_tuning import TASK, toy_split
 
     bundle = load_bundle(tiny_spec("bert"))

@@ -104,7 +104,7 @@ def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int) 
 
 def run(data_path: str, output: str, model_spec: dict, task_spec: dict, max_length: int) -> pd.DataFrame:
     from ..models.registry import load_tokenizer
-    from ..source_prompts import check_label_words
+    from ..prompt_tuning.steps import check_label_words
 
     tok = load_tokenizer(model_spec)
     check_label_words(tok, task_spec, model_spec["name"])  # fails here, long before any training

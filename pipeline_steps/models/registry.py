@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import is_local_path
 from ..errors import UserError
 
 MODELS_DIR = Path("results/models")
 BUILT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "provenance.json")
 BUILTIN_SOURCES = {"embedded:minilm-l6", "embedded:minilm-l3", "tiny:bert", "tiny:roberta", "tiny:t5"}
+
+
+def is_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or (not source.startswith(("embedded:", "tiny:")) and Path(source).is_dir())
 
 
 def minilm_l6_dir() -> Path:

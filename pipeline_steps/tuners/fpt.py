@@ -23,7 +23,7 @@ import torch
 from ..flops import MeteredForward
 from ..models.backbone import Backbone
 from ..models.partial import SELECTIONS, PartialSpec, build_partial, plan_partial
-from .prompt_tuning import PromptModel
+from ..prompt_tuning.model import PromptModel
 
 METHODS = {"fpt_depth": ("layers",), "fpt_width": ("ffn",), "fpt_compound": ("layers", "ffn")}
 

@@ -19,38 +19,31 @@ for the longer sequence, prompt first, as in input prompt tuning); the decoder i
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbone import Backbone
+from ..settings import Settings
 from ..verbalizers import Verbalizer
 
 GENERATORS = ("naive", "npg", "appg", "mppg")
 
 
 @dataclass
-class LatePromptConfig:
+class LatePromptConfig(Settings):
+    what = "late-prompt"
+
     generator: str = "npg"            # naive | npg | appg | mppg
     insert_layer: int | None = None   # k; None: half depth (num_layers // 2)
     prompt_length: int = 10
     bottleneck: int = 64              # r
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LatePromptConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown late-prompt settings {sorted(unknown)}")
-        cfg = cls(**d)
-        if cfg.generator not in GENERATORS:
-            raise ValueError(f"unknown late-prompt generator '{cfg.generator}' ({' | '.join(GENERATORS)})")
-        return cfg
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        if self.generator not in GENERATORS:
+            raise ValueError(f"unknown late-prompt generator '{self.generator}' ({' | '.join(GENERATORS)})")
 
     def layer(self, num_layers: int) -> int:
         k = num_layers // 2 if self.insert_layer is None else self.insert_layer

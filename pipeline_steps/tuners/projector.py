@@ -15,21 +15,24 @@ Two training objectives (``pipeline_steps.projection``):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..models.backbone import Backbone
+from ..settings import Settings
 from ..verbalizers import Verbalizer
-from .prompt_tuning import PromptModel
+from ..prompt_tuning.model import PromptModel
 
 OBJECTIVES = ("distance", "task")
 
 
 @dataclass
-class ProjectorConfig:
+class ProjectorConfig(Settings):
     """Settings of one projector training run (one objective)."""
+
+    what = "projector"
 
     hidden: int = 256            # width of the perceptron's hidden layer
     lr: float = 1e-3
@@ -40,17 +43,6 @@ class ProjectorConfig:
     eval_every: int = 50         # task objective: dev evaluation; distance: curve resolution
     warmup_steps: int = 0
     grad_clip: float = 1.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProjectorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown projector settings {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class PromptProjector(nn.Module):

@@ -4,13 +4,8 @@
 # The "pt" method is the full-model baseline with the same total steps, run by the same step.
 # Path and config helpers: pipeline_steps/efficient.py.
 
-from pipeline_steps.efficient import (FPT_FILES, FPT_RUN, FPT_SCORES, check_efficient_config, fpt_final_prompt,
-                                      fpt_settings, fpt_stage_args, fpt_stage_inputs, fpt_summary_inputs)
-
-try:
-    check_efficient_config(config)
-except UserError as e:
-    raise WorkflowError(str(e)) from None
+from pipeline_steps.efficient import (FPT_FILES, FPT_RUN, FPT_SCORES, fpt_final_prompt, fpt_settings,
+                                      fpt_stage_args, fpt_stage_inputs, fpt_summary_inputs)
 
 FPT_STAGE = f"{FPT_RUN}/stage{{stage}}"
 FPT_EVAL = f"{FPT_RUN}/eval"

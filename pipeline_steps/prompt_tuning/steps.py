@@ -1,4 +1,4 @@
-"""Steps that train a soft prompt on one (model, task, seed) and evaluate it."""
+"""Steps (rules call these) that train a soft prompt on one (model, task, seed) and evaluate it."""
 from __future__ import annotations
 
 import logging
@@ -7,14 +7,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .errors import UserError
-from .io import load_tensors, read_parquet, save_tensors, stable_hash, write_json, write_parquet
-from .models.backbone import position_limit
-from .models.registry import load_model_config, load_tokenizer
-from .runtime import autocast, load_bundle, seed_everything, set_threads
-from .training import Checkpoint, TokenizedSplit, predict, score, train_prompt
-from .tuners.prompt_tuning import PromptModel, PromptTuningConfig, init_prompt
-from .verbalizers import label_word_ids
+from ..errors import UserError
+from ..io import save_tensors, stable_hash, write_json, write_parquet
+from ..models.backbone import position_limit
+from ..models.registry import load_model_config, load_tokenizer
+from ..runtime import autocast, load_bundle, seed_everything, set_threads
+from ..training import Checkpoint, load_splits, pad_id, predict, score, train_prompt
+from ..verbalizers import label_word_ids
+from .config import PromptTuningConfig
+from .model import PromptModel, init_prompt, load_prompt
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,6 @@ def preflight(model_spec: dict, task_spec: dict, cfg: PromptTuningConfig) -> Non
     """Cheap checks before the weights load and training starts (tokenizer and model config only)."""
     check_label_words(load_tokenizer(model_spec), task_spec, model_spec["name"])
     check_lengths(None, cfg, model_spec["name"], limit=position_limit(load_model_config(model_spec)))
-
-
-def load_splits(tokenized: str, pad_id: int, splits=("train", "dev", "test")) -> dict[str, TokenizedSplit]:
-    df = read_parquet(tokenized)
-    return {s: TokenizedSplit.from_frame(df, s, pad_id) for s in splits}
-
-
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def initial_prompt(bundle, cfg: PromptTuningConfig, seed: int, init_from: str | None,
@@ -98,13 +90,6 @@ def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, token
     if ckpt:
         ckpt.remove()
     return provenance
-
-
-def load_prompt(path: str) -> tuple[torch.Tensor, dict]:
-    tensors, meta = load_tensors(path)
-    if "prompt" not in tensors:
-        raise UserError(f"{path}: not a prompt artifact (no 'prompt' tensor)")
-    return tensors["prompt"], meta
 
 
 def evaluate(*, model_spec: dict, task_spec: dict, prompt: str, tokenized: str, predictions: str,

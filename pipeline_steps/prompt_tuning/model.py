@@ -6,40 +6,13 @@ exported as a PEFT adapter gives the same predictions (see ``peft_export``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..io import load_tensors
 from ..models.backbone import Backbone
 from ..verbalizers import Verbalizer
-
-
-@dataclass
-class PromptTuningConfig:
-    prompt_length: int = 10
-    init: str = "vocab"  # random | vocab
-    lr: float = 0.03
-    weight_decay: float = 0.0
-    steps: int = 150
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    eval_every: int = 50
-    max_length: int = 64
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    checkpoint_every: int = 50
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PromptTuningConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown prompt-tuning settings {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def init_prompt(backbone: Backbone, length: int, how: str, generator: torch.Generator,
@@ -82,3 +55,11 @@ class PromptModel(nn.Module):
         inputs = torch.cat([p.to(emb.dtype), emb], dim=1)
         mask = torch.cat([attention_mask.new_ones(emb.shape[0], length), attention_mask], dim=1)
         return self.verbalizer(self.backbone, inputs, mask, mask_pos + length)
+
+
+def load_prompt(path: str) -> tuple[torch.Tensor, dict]:
+    """A prompt artifact (safetensors with a ``prompt`` tensor) and its provenance."""
+    tensors, meta = load_tensors(path)
+    if "prompt" not in tensors:
+        raise UserError(f"{path}: not a prompt artifact (no 'prompt' tensor)")
+    return tensors["prompt"], meta

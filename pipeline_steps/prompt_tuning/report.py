@@ -1,4 +1,4 @@
-"""Tables and figures that summarise the runs."""
+"""Prompt tuning's summary table and figures."""
 from __future__ import annotations
 
 import logging
@@ -6,28 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_path, read_json, read_parquet, stable_hash, write_parquet
+from ..figures import pyplot, save_figure
+from ..io import read_json, read_parquet, stable_hash, write_parquet
 
 log = logging.getLogger(__name__)
-
-
-def save_figure(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png",
-                    metadata={"Software": None} if str(path).endswith(".png") else None)
-    plt.close(fig)
 
 
 def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list[str], table: str,
                             scores_figure: str, curves_figure: str) -> pd.DataFrame:
     """One row per (model, task, seed) run: settings, best dev and test score, time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = []
     for meta_path, score_path in zip(metas, scores):
         meta, result = read_json(meta_path), read_json(score_path)

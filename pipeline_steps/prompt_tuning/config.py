@@ -1,0 +1,24 @@
+"""Settings of soft prompt tuning (one run)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..settings import Settings
+
+
+@dataclass
+class PromptTuningConfig(Settings):
+    what = "prompt-tuning"
+
+    prompt_length: int = 10
+    init: str = "vocab"  # random | vocab
+    lr: float = 0.03
+    weight_decay: float = 0.0
+    steps: int = 150
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    eval_every: int = 50
+    max_length: int = 64
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
