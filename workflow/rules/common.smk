@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # pipeline_steps without installation, too
+sys.path.insert(0, str(Path(workflow.basedir)))  # planning/: grids and paths of each stage
 
 from pipeline_steps.config import model_spec, pt_settings, task_spec, validate
 from pipeline_steps.errors import UserError
