@@ -208,7 +208,8 @@ def check_efficient(cfg: dict, origin: str = "config") -> None:
                 if name not in cfg[kind]:
                     raise UserError(f"{origin}: key '{section}.{kind}': unknown {kind[:-1]} '{name}'; "
                                     f"defined {kind}: {', '.join(sorted(cfg[kind]))}")
-    from .tuners.fpt import METHODS as FPT_METHODS, FPTConfig
+    from .fpt.config import METHODS as FPT_METHODS
+    from .fpt.config import FPTConfig
 
     fpt = cfg["fpt"]
     totals = {}

@@ -66,7 +66,9 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     ns = ap.parse_args()
 
-    from pipeline_steps import efficient
+    from pipeline_steps.fpt import report as fpt_report
+    from pipeline_steps.fpt import steps as fpt_steps
+    from pipeline_steps.lpt import report as lpt_report
     from pipeline_steps.prompt_tuning import steps as source_prompts
     from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec
     from pipeline_steps.data import prepare, tokenize
@@ -102,7 +104,7 @@ def main() -> int:
         sched = schedules(ns.steps, ns.stages)
         sched["pt"] = [{"steps": ns.steps}]
         scores = str(out / "fpt" / "ffn_scores.safetensors")
-        efficient.fpt_scores(model_spec=mspec, task_spec=tspec, tokenized=str(tokens), output=scores,
+        fpt_steps.fpt_scores(model_spec=mspec, task_spec=tspec, tokenized=str(tokens), output=scores,
                              threads=ns.threads)
         metas, score_files = [], []
         for method in ["pt", "fpt_depth", "fpt_width", "fpt_compound"]:
@@ -111,7 +113,7 @@ def main() -> int:
                 d = out / "fpt" / method / f"stage{i}"
                 paths = {k: str(d / f) for k, f in [("prompt", "prompt.safetensors"),
                          ("optimizer", "optimizer.safetensors"), ("curve", "curve.parquet"), ("meta", "meta.json")]}
-                efficient.fpt_stage(model_spec=mspec, task_spec=tspec, settings=settings, seed=ns.seed, method=method,
+                fpt_steps.fpt_stage(model_spec=mspec, task_spec=tspec, settings=settings, seed=ns.seed, method=method,
                                     stage_index=i, stage={"layers": None, "ffn": None, **stage},
                                     last=i == len(sched[method]) - 1, tokenized=str(tokens), scores=scores,
                                     previous=prev, threads=ns.threads, **paths)
@@ -123,7 +125,7 @@ def main() -> int:
             metas.append(prev["meta"])
             score_files.append(str(ev / "scores.json"))
         stage_metas = sorted(str(p) for p in (out / "fpt").rglob("stage*/meta.json"))
-        table = efficient.summarise_fpt(metas=metas, scores=score_files, stage_metas=stage_metas,
+        table = fpt_report.summarise_fpt(metas=metas, scores=score_files, stage_metas=stage_metas,
                                         curves=[m.replace("meta.json", "curve.parquet") for m in stage_metas],
                                         table=str(out / "fpt.parquet"), stages_table=str(out / "fpt_stages.parquet"),
                                         figure=str(out / "fpt.png"))
@@ -157,7 +159,7 @@ def main() -> int:
                 print(res.stderr[-3000:], file=sys.stderr)
                 return 1
             metas.append(str(d / "meta.json"))
-        table = efficient.summarise_lpt(metas=metas, table=str(out / "lpt.parquet"), figure=str(out / "lpt.png"))
+        table = lpt_report.summarise_lpt(metas=metas, table=str(out / "lpt.parquet"), figure=str(out / "lpt.png"))
         print("\n## LPT vs PT (%d steps, each run in a fresh process)" % lsettings["steps"])
         print(table[["method", "insert_layer", "score", "score_diff_vs_pt", "step_seconds", "step_ratio_vs_pt",
                      "step_cpu_ratio_vs_pt", "flops_ratio_vs_pt", "peak_memory_mb", "memory_ratio_vs_pt", "activation_memory_mb", "activation_memory_ratio_vs_pt",
@@ -186,8 +188,8 @@ def interleaved_step_times(mspec, tspec, settings, metas, tokens, ns) -> dict:
     changes in the machine's load affect every method alike (memory: see the fresh processes)."""
     import numpy as np
 
-    from pipeline_steps import efficient
     from pipeline_steps.io import read_json
+    from pipeline_steps.lpt import steps as lpt_steps
     from pipeline_steps.runtime import load_bundle, set_threads
     from pipeline_steps.training import load_splits, pad_id
     from pipeline_steps.prompt_tuning.config import PromptTuningConfig
@@ -200,11 +202,11 @@ def interleaved_step_times(mspec, tspec, settings, metas, tokens, ns) -> dict:
     for path in metas:
         m = read_json(path)
         cfgs[m["method"]] = PromptTuningConfig.from_dict(m["settings"])
-        models[m["method"]] = efficient.build_lpt_model(bundle, verbalizer, m["late"], cfgs[m["method"]], ns.seed)[0]
+        models[m["method"]] = lpt_steps.build_lpt_model(bundle, verbalizer, m["late"], cfgs[m["method"]], ns.seed)[0]
     times = {k: [] for k in models}
     for r in range(ns.rounds):
         for k, model in models.items():
-            prof = efficient.profile_steps(model, train, cfgs[k], bundle.device, ns.profile_steps, seed=r)
+            prof = lpt_steps.profile_steps(model, train, cfgs[k], bundle.device, ns.profile_steps, seed=r)
             times[k].append(prof["step_seconds"])
     return {k: float(np.median(v)) for k, v in times.items()}
 

@@ -30,7 +30,7 @@ from pipeline_steps.models.registry import load_hf_model  # noqa: E402
 from pipeline_steps.runtime import load_bundle, set_threads, setup_logging  # noqa: E402
 from pipeline_steps.training import load_splits, pad_id  # noqa: E402
 from pipeline_steps.training import predict, score  # noqa: E402
-from pipeline_steps.transfer import predict_many  # noqa: E402
+from pipeline_steps.transferability.steps import predict_many  # noqa: E402
 from pipeline_steps.prompt_tuning.model import PromptModel, init_prompt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

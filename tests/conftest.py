@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pipeline_steps.config import load_config
 from pipeline_steps.runtime import setup_logging
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "workflow"))  # planning/: the stages' DAG planning, as the Snakefile imports it
 setup_logging()
 
 

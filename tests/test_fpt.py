@@ -15,7 +15,9 @@ from pipeline_steps.models.backbone import Backbone
 from pipeline_steps.models.partial import (PartialSpec, build_partial, ffn_scores, plan_partial, resolve_size,
                                            select_layers, top_neurons)
 from pipeline_steps.runtime import load_bundle
-from pipeline_steps.tuners.fpt import FPTConfig, FPTStage, StagePromptModel, expand, stage_backbone
+from pipeline_steps.fpt import steps as fpt_steps
+from pipeline_steps.fpt.config import FPTConfig, FPTStage
+from pipeline_steps.fpt.model import StagePromptModel, expand, stage_backbone
 
 TASK = {"name": "toy", "label_words": {"negative": ["bad"], "positive": ["good"]},
         "label_names": ["negative", "positive"], "metric": "accuracy"}
@@ -308,7 +310,6 @@ def _stage_paths(root, i):
 
 @pytest.mark.parametrize("kind", ["bert", "roberta", "t5"])
 def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tmp_path):
-    from pipeline_steps import efficient
     from pipeline_steps.prompt_tuning.model import load_prompt
     from pipeline_steps.training import train_module
 
@@ -316,21 +317,21 @@ def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tm
     bundle = load_bundle(spec)
     tok = _tokenized(bundle, tmp_path / "tok.parquet")
     scores = str(tmp_path / "scores.safetensors")
-    efficient.fpt_scores(model_spec=spec, task_spec=TASK, tokenized=tok, output=scores, samples=16)
+    fpt_steps.fpt_scores(model_spec=spec, task_spec=TASK, tokenized=tok, output=scores, samples=16)
     s_tensors, _ = load_tensors(scores)
     assert len(s_tensors) == bundle.backbone.num_layers and all(v.shape == (64,) for v in s_tensors.values())
     settings = {"prompt_length": 4, "batch_size": 8, "eval_every": 2, "lr": 0.1, "max_length": 32}
     common = dict(model_spec=spec, task_spec=TASK, settings=settings, seed=1, method="fpt_compound", tokenized=tok,
                   scores=scores)
     p0 = _stage_paths(tmp_path, 0)
-    m0 = efficient.fpt_stage(stage_index=0, stage={"steps": 3, "layers": 1, "ffn": 0.5}, last=False, **common, **p0)
+    m0 = fpt_steps.fpt_stage(stage_index=0, stage={"steps": 3, "layers": 1, "ffn": 0.5}, last=False, **common, **p0)
     assert m0["num_layers"] == (2 if kind == "t5" else 1) and m0["dims"]["encoder_ffn"] == [32]
     assert m0["optimizer_step"] == 3.0 and m0["cumulative_steps"] == 3 and m0["flops"] > 0
     p1 = _stage_paths(tmp_path, 1)
-    m1 = efficient.fpt_stage(stage_index=1, stage={"steps": 2}, last=True, previous=p0, **common, **p1)
+    m1 = fpt_steps.fpt_stage(stage_index=1, stage={"steps": 2}, last=True, previous=p0, **common, **p1)
     # the prompt and AdamW moments of stage 0 are where stage 1 starts
     prompt0, _ = load_prompt(p0["prompt"])
-    opt0 = efficient.load_optimizer_state(p0["optimizer"])
+    opt0 = fpt_steps.load_optimizer_state(p0["optimizer"])
     assert m1["init"] == p0["prompt"] and m1["optimizer_step"] == 5.0 and m1["cumulative_steps"] == 5
     assert m1["cumulative_flops"] == pytest.approx(m0["flops"] + m1["flops"])
     assert m1["flops_per_step"] > m0["flops_per_step"]
@@ -341,14 +342,14 @@ def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tm
     from pipeline_steps.prompt_tuning.config import PromptTuningConfig
     data = load_splits(tok, pad_id(bundle.tokenizer), ("train", "dev"))
     cfg = PromptTuningConfig.from_dict({**settings, "steps": 2})
-    best, _, opt = train_module(model, data["train"], data["dev"], cfg, seed=1 + efficient.STAGE_SEED_STRIDE,
+    best, _, opt = train_module(model, data["train"], data["dev"], cfg, seed=1 + fpt_steps.STAGE_SEED_STRIDE,
                                 metric="accuracy", device="cpu", optimizer_state=opt0)
     final1, _ = load_prompt(p1["prompt"])
     assert torch.equal(best["prompt"], final1)
-    assert torch.equal(opt["prompt"]["exp_avg"], efficient.load_optimizer_state(p1["optimizer"])["prompt"]["exp_avg"])
+    assert torch.equal(opt["prompt"]["exp_avg"], fpt_steps.load_optimizer_state(p1["optimizer"])["prompt"]["exp_avg"])
     # without the carried moments the result differs: the optimizer state matters
     model2 = StagePromptModel(bundle.backbone, bundle.verbalizer(TASK), prompt0)
-    _, _, opt_fresh = train_module(model2, data["train"], data["dev"], cfg, seed=1 + efficient.STAGE_SEED_STRIDE,
+    _, _, opt_fresh = train_module(model2, data["train"], data["dev"], cfg, seed=1 + fpt_steps.STAGE_SEED_STRIDE,
                                    metric="accuracy", device="cpu")
     assert opt_fresh["prompt"]["step"] == 2.0 and not torch.equal(opt_fresh["prompt"]["exp_avg"], opt["prompt"]["exp_avg"])
     curve = read_parquet(p1["curve"])
@@ -356,41 +357,38 @@ def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tm
 
 
 def test_class_vectors_full_or_partial():
-    from pipeline_steps import efficient
 
     bundle = load_bundle({"name": "l6", "source": "embedded:minilm-l6", "verbalizer": "auto", "pooling": "mask",
                           "embedding_scale": 20.0})
     full_verb = bundle.verbalizer(TASK)
     small, _ = stage_backbone(bundle.backbone, FPTStage(1, layers=2))
-    assert efficient.stage_verbalizer(bundle, small, TASK, "full", full_verb) is full_verb
-    part_verb = efficient.stage_verbalizer(bundle, small, TASK, "partial", full_verb)
+    assert fpt_steps.stage_verbalizer(bundle, small, TASK, "full", full_verb) is full_verb
+    part_verb = fpt_steps.stage_verbalizer(bundle, small, TASK, "partial", full_verb)
     assert part_verb is not full_verb and part_verb.class_vectors.shape == (2, 384)
     cos = (part_verb.class_vectors * full_verb.class_vectors).sum(-1)
     assert (cos < 0.999).all()  # the 2-layer model encodes the label words differently
 
 
 def test_stage_needs_scores_for_width(tiny_spec, tmp_path):
-    from pipeline_steps import efficient
 
     spec = tiny_spec("bert")
     tok = _tokenized(load_bundle(spec), tmp_path / "tok.parquet", n=24)
     with pytest.raises(UserError, match="neuron scores"):
-        efficient.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
+        fpt_steps.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
                             seed=1, method="fpt_width", tokenized=tok, stage_index=0, stage={"steps": 1, "ffn": 0.5},
                             last=False, **_stage_paths(tmp_path, 0))
 
 
 def test_stage_refuses_a_previous_prompt_of_another_shape(tiny_spec, tmp_path):
-    from pipeline_steps import efficient
     from pipeline_steps.io import save_tensors, write_json
 
     spec = tiny_spec("bert")
     tok = _tokenized(load_bundle(spec), tmp_path / "tok.parquet", n=24)
     prev = _stage_paths(tmp_path, 0)
     save_tensors({"prompt": torch.zeros(3, 32)}, prev["prompt"])
-    efficient.save_optimizer_state({}, prev["optimizer"], {})
+    fpt_steps.save_optimizer_state({}, prev["optimizer"], {})
     write_json({}, prev["meta"])
     with pytest.raises(UserError, match=r"shape \(3, 32\), expected \(2, 32\)"):
-        efficient.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
+        fpt_steps.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
                             seed=1, method="fpt_depth", tokenized=tok, stage_index=1, stage={"steps": 1},
                             last=True, previous=prev, **_stage_paths(tmp_path, 1))

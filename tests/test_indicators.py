@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pipeline_steps import indicators as ind
+from pipeline_steps.transferability import indicators as ind
+from pipeline_steps.transferability import report, steps
 from pipeline_steps.config import load_config
 from pipeline_steps.errors import UserError
 from pipeline_steps.io import load_tensors, parquet_provenance, save_tensors
@@ -234,9 +235,9 @@ def steps_run(tmp_path_factory, tiny_spec, bundles):
                             "tiny-bert", task, seed)
         runs.append({"model": "tiny-bert", "task": task, "seed": seed, "prompt": path})
     prompts = [{"task": r["task"], "seed": r["seed"], "path": r["prompt"]} for r in runs]
-    meta = ind.compute_activations(model_spec=spec, prompts=prompts, output=str(root / "act.safetensors"))
-    ind.compute_activations(model_spec=spec, prompts=prompts, output=str(root / "again.safetensors"))
-    df = ind.build_table(runs=runs, activations={"tiny-bert": str(root / "act.safetensors")}, window=1, stride=None,
+    meta = steps.compute_activations(model_spec=spec, prompts=prompts, output=str(root / "act.safetensors"))
+    steps.compute_activations(model_spec=spec, prompts=prompts, output=str(root / "again.safetensors"))
+    df = steps.indicator_table(runs=runs, activations={"tiny-bert": str(root / "act.safetensors")}, window=1, stride=None,
                          table=str(root / "indicators.parquet"))
     return root, runs, meta, df
 
@@ -275,11 +276,11 @@ def test_activations_step_refuses_mismatched_prompts(tmp_path, tiny_spec):
     spec = tiny_spec("bert")
     wide = write_prompt(tmp_path / "wide.safetensors", torch.zeros(4, 48), "tiny-bert", "a", 1)
     with pytest.raises(UserError, match=r"wide.safetensors: prompt has shape \(4, 48\)"):
-        ind.compute_activations(model_spec=spec, prompts=[{"task": "a", "seed": 1, "path": wide}],
+        steps.compute_activations(model_spec=spec, prompts=[{"task": "a", "seed": 1, "path": wide}],
                                 output=str(tmp_path / "x.safetensors"))
     other = write_prompt(tmp_path / "other.safetensors", torch.zeros(4, 32), "tiny-bert", "b", 1)
     with pytest.raises(UserError, match="says task 'b', expected 'a'"):
-        ind.compute_activations(model_spec=spec, prompts=[{"task": "a", "seed": 1, "path": other}],
+        steps.compute_activations(model_spec=spec, prompts=[{"task": "a", "seed": 1, "path": other}],
                                 output=str(tmp_path / "x.safetensors"))
     assert not (tmp_path / "x.safetensors").exists()
 
@@ -302,35 +303,35 @@ def synthetic_tables(tasks=("a", "b", "c"), seeds=(1,)):
 
 
 def test_spearman_exact_values():
-    assert ind.spearman([1, 2, 3, 4], [1, 3, 2, 4])[:1] == pytest.approx((0.8,))  # 1 - 6*2/(4*15)
-    rho, p, n = ind.spearman([1, 2, np.nan, 4, 5], [5, 4, 3, 2, 1])
+    assert report.spearman([1, 2, 3, 4], [1, 3, 2, 4])[:1] == pytest.approx((0.8,))  # 1 - 6*2/(4*15)
+    rho, p, n = report.spearman([1, 2, np.nan, 4, 5], [5, 4, 3, 2, 1])
     assert rho == pytest.approx(-1) and n == 4 and p < 1e-6
-    assert all(math.isnan(v) for v in ind.spearman([1, 1, 1], [1, 2, 3])[:2])
-    assert ind.spearman([1, 2], [1, 2])[2] == 2 and math.isnan(ind.spearman([1, 2], [1, 2])[0])
+    assert all(math.isnan(v) for v in report.spearman([1, 1, 1], [1, 2, 3])[:2])
+    assert report.spearman([1, 2], [1, 2])[2] == 2 and math.isnan(report.spearman([1, 2], [1, 2])[0])
 
 
 def test_correlate_on_synthetic_tables():
     indicators, transfer = synthetic_tables(seeds=(1, 2))
-    corr = ind.correlate(indicators, transfer)
-    assert list(corr.columns) == ind.CORRELATION_COLUMNS
+    corr = report.correlate(indicators, transfer)
+    assert list(corr.columns) == report.CORRELATION_COLUMNS
     assert len(corr) == 3 * 2  # (indicator, layers) x performance
     c = corr.set_index(["indicator", "layers", "performance"])
     assert c.loc[("cosine_flat", "input", "relative_score"), "spearman"] == pytest.approx(1.0)
     assert c.loc[("on", "all", "score"), "spearman"] == pytest.approx(-1.0)
     assert (corr["n_pairs"] == 12).all()  # 2 seeds x 6 off-diagonal pairs; the diagonal is left out
     assert math.isnan(c.loc[("on", "encoder.0", "score"), "spearman"])
-    partial = ind.correlate(indicators, transfer[transfer["source_task"] != "c"])
+    partial = report.correlate(indicators, transfer[transfer["source_task"] != "c"])
     assert (partial["n_pairs"] == 8).all()  # only pairs present in both tables
     with pytest.raises(ValueError, match="several rows"):
-        ind.correlate(indicators, pd.concat([transfer, transfer.iloc[:1]]))
+        report.correlate(indicators, pd.concat([transfer, transfer.iloc[:1]]))
 
 
 def test_steps_are_registered_in_the_cli():
     from pipeline_steps.cli import resolve_step
 
-    assert resolve_step("indicator-activations") is ind.compute_activations
-    assert resolve_step("indicator-table") is ind.build_table
-    assert resolve_step("indicator-correlation") is ind.correlation
+    assert resolve_step("indicator-activations") is steps.compute_activations
+    assert resolve_step("indicator-table") is steps.indicator_table
+    assert resolve_step("indicator-correlation") is report.correlation
 
 
 def test_correlation_step_writes_table_and_figure(tmp_path):
@@ -340,7 +341,7 @@ def test_correlation_step_writes_table_and_figure(tmp_path):
     write_parquet(indicators, tmp_path / "ind.parquet", metadata={"step": "indicator_table"})
     write_parquet(transfer, tmp_path / "tr.parquet")
     out = dict(table=str(tmp_path / "corr.parquet"), figure=str(tmp_path / "corr.png"))
-    corr = ind.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "tr.parquet"), **out)
+    corr = report.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "tr.parquet"), **out)
     pd.testing.assert_frame_equal(pd.read_parquet(out["table"]), corr)
     assert (corr["n_pairs"] == 12).all()
     assert parquet_provenance(out["table"])["indicators_provenance"] == {"step": "indicator_table"}
@@ -348,10 +349,10 @@ def test_correlation_step_writes_table_and_figure(tmp_path):
 
     write_parquet(transfer.drop(columns=["relative_score"]), tmp_path / "bad.parquet")
     with pytest.raises(UserError, match=r"bad.parquet: missing column\(s\) \['relative_score'\]"):
-        ind.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "bad.parquet"), **out)
+        report.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "bad.parquet"), **out)
     write_parquet(transfer.assign(model="other"), tmp_path / "other.parquet")
     with pytest.raises(UserError, match="other.parquet: no .* in common"):
-        ind.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "other.parquet"), **out)
+        report.correlation(indicators=str(tmp_path / "ind.parquet"), transfer=str(tmp_path / "other.parquet"), **out)
 
 
 # --- config and DAG ------------------------------------------------------------------------------------

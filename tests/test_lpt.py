@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.io import read_json, write_parquet
 from pipeline_steps.runtime import load_bundle
-from pipeline_steps.tuners.lpt import (LatePromptConfig, LatePromptModel, LayerRunner, NaiveGenerator, NPGenerator,
+from pipeline_steps.lpt import steps as lpt_steps
+from pipeline_steps.lpt.config import LatePromptConfig
+from pipeline_steps.lpt.model import (LatePromptModel, LayerRunner, NaiveGenerator, NPGenerator,
                                        build_generator, first_real_index, pool_membership)
 from pipeline_steps.prompt_tuning.model import PromptModel
 
@@ -228,7 +230,6 @@ def _tokenized(bundle, path, n=48):
 
 @pytest.mark.parametrize("kind", ["bert", "t5"])
 def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path):
-    from pipeline_steps import efficient
     from pipeline_steps.io import load_tensors
 
     spec = tiny_spec(kind)
@@ -240,7 +241,7 @@ def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path
                                                     ("meta", "m.json"), ("predictions", "p.parquet"),
                                                     ("scores", "s.json")]}
     late = {"generator": "appg", "insert_layer": None, "prompt_length": 4, "bottleneck": 8}
-    meta = efficient.lpt_run(model_spec=spec, task_spec=TASK, settings=settings, seed=1, method="lpt_appg",
+    meta = lpt_steps.lpt_run(model_spec=spec, task_spec=TASK, settings=settings, seed=1, method="lpt_appg",
                              tokenized=tok, late=late, profile=2, **out)
     assert meta["insert_layer"] == 1 and meta["trainable_params"] == 32 * 8 + 8 + 8 * 32 + 32
     assert meta["step_seconds"] > 0 and meta["peak_memory_mb"] >= meta["baseline_memory_mb"] > 0
@@ -250,7 +251,7 @@ def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path
     assert all(torch.equal(before[k], v) for k, v in bundle.backbone.state_dict().items())
     assert read_json(out["scores"])["score"] == meta["score"]
     out_pt = {k: v.replace(f"/{kind}/", f"/{kind}-pt/") for k, v in out.items()}
-    pt = efficient.lpt_run(model_spec=spec, task_spec=TASK, settings=settings, seed=1, method="pt", tokenized=tok,
+    pt = lpt_steps.lpt_run(model_spec=spec, task_spec=TASK, settings=settings, seed=1, method="pt", tokenized=tok,
                            profile=2, **out_pt)
     assert pt["insert_layer"] == 0 and pt["trainable_params"] == 4 * 32
     assert pt["flops_per_step"] > meta["flops_per_step"] or kind == "t5"

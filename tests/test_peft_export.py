@@ -4,7 +4,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from pipeline_steps import peft_export
+from pipeline_steps.transferability import peft_export
+from pipeline_steps.transferability.steps import export_peft
 from pipeline_steps.io import save_tensors
 from pipeline_steps.models.registry import load_hf_model
 from pipeline_steps.runtime import load_bundle
@@ -25,7 +26,7 @@ def test_peft_adapter_reproduces_predictions(which, tiny_spec, tmp_path):
     prompt = init_prompt(bundle.backbone, 5, "random", torch.Generator().manual_seed(0)) * 3
     path = tmp_path / "prompt.safetensors"
     save_tensors({"prompt": prompt}, path, metadata={"model": spec["name"], "task": "toy", "seed": 0})
-    peft_export.export(model_spec=spec, prompt=str(path), out_dir=str(tmp_path / "peft"))
+    export_peft(model_spec=spec, prompt=str(path), out_dir=str(tmp_path / "peft"))
     assert (tmp_path / "peft" / "adapter_model.safetensors").exists()
 
     verbalizer = bundle.verbalizer(TASK)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline_steps import projection
+from planning import projection as projection_plan
+from pipeline_steps.transferability import projection, report, steps
 from pipeline_steps.config import check_projector
 from pipeline_steps.prompt_tuning import steps as source_prompts
 from pipeline_steps.data.tokenize import tokenize_frame
@@ -19,7 +20,8 @@ from pipeline_steps.errors import UserError
 from pipeline_steps.io import load_tensors, read_json, read_parquet, save_tensors, write_parquet
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.training import TokenizedSplit, train_module, trainable
-from pipeline_steps.tuners.projector import ProjectedPromptModel, ProjectorConfig, PromptProjector
+from pipeline_steps.transferability.config import ProjectorConfig
+from pipeline_steps.transferability.model import ProjectedPromptModel, PromptProjector
 from pipeline_steps.prompt_tuning.config import PromptTuningConfig
 
 L = 4
@@ -215,7 +217,7 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
     for obj in ("distance", "task"):
         out = {k: str(tmp_path / obj / f) for k, f in [("projector", "p.safetensors"), ("curve", "c.parquet"),
                                                         ("meta", "m.json")]}
-        metas[obj] = projection.train(**base, objective=obj, settings=settings[obj], **out,
+        metas[obj] = steps.train_projector(**base, objective=obj, settings=settings[obj], **out,
                                       target_prompts=[prompts[("tgt", t["name"])] for t in train_tasks],
                                       tokenized=[tok[t["name"]] for t in train_tasks])
         assert read_json(out["meta"]) == json.loads(json.dumps(metas[obj]))
@@ -229,7 +231,7 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
     # determinism of the step: same inputs, byte-identical projector
     again = {k: str(tmp_path / "again" / f) for k, f in [("projector", "p.safetensors"), ("curve", "c.parquet"),
                                                           ("meta", "m.json")]}
-    projection.train(**base, objective="task", settings=settings["task"], **again,
+    steps.train_projector(**base, objective="task", settings=settings["task"], **again,
                      tokenized=[tok[t["name"]] for t in train_tasks])
     a, b = load_tensors(tmp_path / "task" / "p.safetensors")[0], load_tensors(again["projector"])[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -238,7 +240,7 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
     runs = []
     for obj in ("distance", "task"):
         d = tmp_path / obj / "sentiment2"
-        res = projection.evaluate(target_spec=wide_spec, task_spec=specs["sentiment2"],
+        res = steps.evaluate_projection(target_spec=wide_spec, task_spec=specs["sentiment2"],
                                   projector=str(tmp_path / obj / "p.safetensors"),
                                   source_prompt=prompts[("src", "sentiment2")], tokenized=tok["sentiment2"],
                                   prompt=str(d / "prompt.safetensors"), predictions=str(d / "pred.parquet"),
@@ -256,7 +258,7 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
             curves[kind] = str(d / kind / "c.parquet")
         runs.append({"pair": "p", "projector_meta": str(tmp_path / obj / "m.json"), "zero_shot": str(d / "scores.json"),
                      "tpt_curve": curves["tpt"], "random_curve": curves["random"]})
-    df = projection.table(runs=runs, table=str(tmp_path / "cross_model.parquet"), figure=str(tmp_path / "f.png"))
+    df = report.projection_table(runs=runs, table=str(tmp_path / "cross_model.parquet"), figure=str(tmp_path / "f.png"))
     stored = pd.read_parquet(tmp_path / "cross_model.parquet")
     pd.testing.assert_frame_equal(df, stored)
     assert {"source_model", "target_model", "objective", "train_tasks", "target_task", "zero_shot_score",
@@ -266,7 +268,7 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
     assert (stored["source_model"] == "tiny-bert").all() and (stored["target_model"] == "tiny-bert48").all()
     assert stored["zero_shot_score"].between(0, 1).all() and (tmp_path / "f.png").stat().st_size > 0
     # speedup agrees with the curves it came from
-    from pipeline_steps.transfer import init_speedup
+    from pipeline_steps.transferability.report import init_speedup
 
     sp = init_speedup(read_parquet(runs[1]["tpt_curve"]), read_parquet(runs[1]["random_curve"]), 0.9)["speedup"]
     got = stored.loc[1, "init_speedup"]
@@ -279,7 +281,7 @@ def test_train_step_rejects_prompts_of_other_lengths(tiny_spec, wide_spec, tmp_p
     t = [write_prompt(tmp_path / f"t{i}.safetensors", "w", "x", 48) for i in range(2)]
     out = {k: str(tmp_path / "o" / k) for k in ("projector", "curve", "meta")}
     with pytest.raises(UserError, match=r"b\.safetensors: source .* shape \(5, 32\)"):
-        projection.train(source_spec=tiny_spec("bert"), target_spec=wide_spec, task_specs=[SENTIMENT, TOPIC],
+        steps.train_projector(source_spec=tiny_spec("bert"), target_spec=wide_spec, task_specs=[SENTIMENT, TOPIC],
                          objective="distance", settings={}, seed=1, source_prompts=[a, str(tmp_path / "b.safetensors")],
                          target_prompts=t, **out)
     assert not (tmp_path / "o").exists()
@@ -305,11 +307,11 @@ def two_models(minimal_config):
 def test_config_defaults_and_settings(two_models):
     cfg = with_pairs(two_models, {"source": "m", "target": "n", "train_tasks": ["t"], "eval_tasks": ["u"]})
     check_projector(cfg)
-    assert list(projection.pairs(cfg)) == ["m-to-n"]
+    assert list(projection_plan.pairs(cfg)) == ["m-to-n"]
     assert cfg["projector"]["objectives"] == ["distance", "task"]
-    s = projection.projector_settings(cfg, "task")
+    s = projection_plan.projector_settings(cfg, "task")
     assert s["hidden"] == 256 and s["steps"] == 100 and ProjectorConfig.from_dict(s).batch_size == 16
-    assert projection.pairs(with_pairs(two_models)) == {}
+    assert projection_plan.pairs(with_pairs(two_models)) == {}
 
 
 @pytest.mark.parametrize("pair, extra, message", [

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from pipeline_steps.transfer import init_speedup, steps_to_reach
+from pipeline_steps.transferability.report import init_speedup, steps_to_reach
 
 
 def curve(scores, every=10):
@@ -30,7 +30,7 @@ def test_predict_many_equals_one_prompt_at_a_time(tiny_spec):
 
     from pipeline_steps.runtime import load_bundle
     from pipeline_steps.training import predict
-    from pipeline_steps.transfer import predict_many
+    from pipeline_steps.transferability.steps import predict_many
     from pipeline_steps.prompt_tuning.model import PromptModel
     from test_prompt_tuning import TASK, toy_split
 
@@ -51,7 +51,8 @@ def test_zero_shot_step_and_table(tiny_spec, tmp_path):
     from pipeline_steps.data.tokenize import tokenize_frame
     from pipeline_steps.io import read_parquet, save_tensors, write_parquet
     from pipeline_steps.runtime import load_bundle
-    from pipeline_steps.transfer import zero_shot, zero_shot_table
+    from pipeline_steps.transferability.report import zero_shot_table
+    from pipeline_steps.transferability.steps import zero_shot
     from test_prompt_tuning import TASK
 
     spec = tiny_spec("bert")

@@ -31,7 +31,7 @@ from torch import nn
 
 from .backbone import Backbone
 
-SELECTIONS = ("evenly", "first")
+from ..fpt.config import SELECTIONS  # noqa: E402  (the layer selections FPT's schedules name)
 
 
 # --- layer selection ----------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 # Every stage of a schedule is its own job, taking the previous stage's prompt and AdamW moments
 # as input: stages cache and rerun incrementally, and can be given different resources.
 # The "pt" method is the full-model baseline with the same total steps, run by the same step.
-# Path and config helpers: pipeline_steps/efficient.py.
+# Grid, schedules and stage paths: workflow/planning/fpt.py; the science: pipeline_steps/fpt/.
 
-from pipeline_steps.efficient import (FPT_FILES, FPT_RUN, FPT_SCORES, fpt_final_prompt, fpt_settings,
-                                      fpt_stage_args, fpt_stage_inputs, fpt_summary_inputs)
+from planning.fpt import (FPT_FILES, FPT_RUN, FPT_SCORES, fpt_final_prompt, fpt_settings,
+                          fpt_stage_args, fpt_stage_inputs, fpt_summary_inputs)
 
 FPT_STAGE = f"{FPT_RUN}/stage{{stage}}"
 FPT_EVAL = f"{FPT_RUN}/eval"

@@ -2,7 +2,7 @@
 # autograd. One job per (model, task, seed, method): profile (step time, peak memory) in the
 # fresh job process, train, score the test split. "pt" is input prompt tuning on the same settings.
 
-from pipeline_steps.efficient import lpt_grid, lpt_late, lpt_settings
+from planning.lpt import lpt_grid, lpt_late, lpt_settings  # the science: pipeline_steps/lpt/
 
 LPT_GRID = lpt_grid(config)
 LPT_RUN = "results/lpt/{model}/{task}/seed{seed}/{method}"

@@ -1,9 +1,10 @@
 # Cross-model prompt transfer (Su et al.): a projector maps a source PLM's prompts to a target
 # PLM; trained per (pair, objective, seed) and evaluated on the pair's eval tasks, zero-shot and
-# as TPT initialization. Science and path helpers: pipeline_steps/projection.py.
-from pipeline_steps import projection as projection_steps  # config checked with the rest in common.smk
+# as TPT initialization. Pairs and paths: workflow/planning/projection.py; the science:
+# pipeline_steps/transferability/.
+from planning import projection as projection_plan  # config checked with the rest in common.smk
 
-PAIRS = projection_steps.pairs(config)
+PAIRS = projection_plan.pairs(config)
 PROJ = "results/projection/{pair}/{objective}/seed{seed}"
 PROJ_TASK = "results/projection/{pair}/{objective}/seed{seed}/{task}"
 PROMPT_FILE = f"{PROMPT}/prompt.safetensors"
@@ -16,7 +17,7 @@ wildcard_constraints:
 
 rule train_projector:
     input:
-        unpack(lambda w: projection_steps.projector_inputs(PAIRS[w.pair], w.objective, w.seed, PROMPT_FILE, TOKENS)),
+        unpack(lambda w: projection_plan.projector_inputs(PAIRS[w.pair], w.objective, w.seed, PROMPT_FILE, TOKENS)),
         model=lambda w: model_inputs(PAIRS[w.pair]["target"]) if w.objective == "task" else [],
     output:
         projector=f"{PROJ}/projector.safetensors",
@@ -28,9 +29,9 @@ rule train_projector:
             target_spec=model_spec(config, PAIRS[w.pair]["target"]),
             task_specs=[task_spec(config, t) for t in PAIRS[w.pair]["train_tasks"]],
             objective=w.objective,
-            settings=projection_steps.projector_settings(config, w.objective),
+            settings=projection_plan.projector_settings(config, w.objective),
             seed=int(w.seed),
-            **projection_steps.projector_inputs(PAIRS[w.pair], w.objective, w.seed, PROMPT_FILE, TOKENS),
+            **projection_plan.projector_inputs(PAIRS[w.pair], w.objective, w.seed, PROMPT_FILE, TOKENS),
             projector=fmt(f"{PROJ}/projector.safetensors", w),
             curve=fmt(f"{PROJ}/curve.parquet", w),
             meta=fmt(f"{PROJ}/meta.json", w),
@@ -56,9 +57,9 @@ rule evaluate_projection:
     """Zero-shot: the projected source prompt of a task, scored with the target model."""
     input:
         projector=f"{PROJ}/projector.safetensors",
-        source_prompt=lambda w: projection_steps.model_path(PROMPT_FILE, PAIRS[w.pair], "source", w.task, w.seed),
-        target_prompt=lambda w: projection_steps.model_path(PROMPT_FILE, PAIRS[w.pair], "target", w.task, w.seed),
-        tokens=lambda w: projection_steps.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
+        source_prompt=lambda w: projection_plan.model_path(PROMPT_FILE, PAIRS[w.pair], "source", w.task, w.seed),
+        target_prompt=lambda w: projection_plan.model_path(PROMPT_FILE, PAIRS[w.pair], "target", w.task, w.seed),
+        tokens=lambda w: projection_plan.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
         model=lambda w: model_inputs(PAIRS[w.pair]["target"]),
     output:
         prompt=f"{PROJ_TASK}/prompt.safetensors",
@@ -69,9 +70,9 @@ rule evaluate_projection:
             target_spec=model_spec(config, PAIRS[w.pair]["target"]),
             task_spec=task_spec(config, w.task),
             projector=fmt(f"{PROJ}/projector.safetensors", w),
-            source_prompt=projection_steps.model_path(PROMPT_FILE, PAIRS[w.pair], "source", w.task, w.seed),
-            target_prompt=projection_steps.model_path(PROMPT_FILE, PAIRS[w.pair], "target", w.task, w.seed),
-            tokenized=projection_steps.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
+            source_prompt=projection_plan.model_path(PROMPT_FILE, PAIRS[w.pair], "source", w.task, w.seed),
+            target_prompt=projection_plan.model_path(PROMPT_FILE, PAIRS[w.pair], "target", w.task, w.seed),
+            tokenized=projection_plan.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
             prompt=fmt(f"{PROJ_TASK}/prompt.safetensors", w),
             predictions=fmt(f"{PROJ_TASK}/predictions.parquet", w),
             scores=fmt(f"{PROJ_TASK}/scores.json", w),
@@ -98,7 +99,7 @@ rule tpt_projected:
     with the task's prompt-tuning settings (those of the target's random-init run)."""
     input:
         init=f"{PROJ_TASK}/prompt.safetensors",
-        tokens=lambda w: projection_steps.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
+        tokens=lambda w: projection_plan.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
         model=lambda w: model_inputs(PAIRS[w.pair]["target"]),
     output:
         prompt=f"{PROJ_TASK}/tpt/prompt.safetensors",
@@ -110,7 +111,7 @@ rule tpt_projected:
             task_spec=task_spec(config, w.task),
             settings=pt_settings(config, w.task),
             seed=int(w.seed),
-            tokenized=projection_steps.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
+            tokenized=projection_plan.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
             init_from=fmt(f"{PROJ_TASK}/prompt.safetensors", w),
             prompt=fmt(f"{PROJ_TASK}/tpt/prompt.safetensors", w),
             curve=fmt(f"{PROJ_TASK}/tpt/curve.parquet", w),
@@ -133,7 +134,7 @@ rule tpt_projected:
         step("train-prompt")
 
 
-PROJ_RUNS = projection_steps.summary_runs(PAIRS, config["projector"]["objectives"], SEEDS, PROJ, PROJ_TASK, PROMPT, EVAL)
+PROJ_RUNS = projection_plan.summary_runs(PAIRS, config["projector"]["objectives"], SEEDS, PROJ, PROJ_TASK, PROMPT, EVAL)
 PROJ_SUMMARY = dict(table="results/tables/cross_model.parquet", figure="results/figures/cross_model.png")
 
 

@@ -10,16 +10,7 @@ goes to the encoder only, as in our model).
 """
 from __future__ import annotations
 
-import logging
-
 import torch
-
-from .io import write_json
-from .models.build import atomic_dir
-from .models.registry import load_hf_model, resolve
-from .prompt_tuning.model import load_prompt
-
-log = logging.getLogger(__name__)
 
 
 def peft_config_for(hf_model, num_virtual_tokens: int, base_name: str):
@@ -38,29 +29,10 @@ def peft_config_for(hf_model, num_virtual_tokens: int, base_name: str):
     )
 
 
-def export(*, model_spec: dict, prompt: str, out_dir: str) -> dict:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (+ our provenance) into ``out_dir``."""
-    from peft import get_peft_model
-
-    tensor, meta = load_prompt(prompt)
-    hf = load_hf_model(model_spec)
-    peft_model = get_peft_model(hf, peft_config_for(hf, tensor.shape[0], resolve(model_spec)))
-    with torch.no_grad():
-        peft_model.prompt_encoder["default"].embedding.weight.copy_(tensor)
-    info = {"step": "export_peft", "prompt": prompt, "model_source": model_spec["source"], "model": meta.get("model"), "task": meta.get("task"),
-            "seed": meta.get("seed"), "verbalizer": meta.get("verbalizer"), "config_hash": meta.get("config_hash"),
-            "note": "predictions need this project's verbalizer on top of the PEFT model's outputs"}
-    with atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(tmp)
-        write_json(info, tmp / "provenance.json")
-    log.info("exported %s as a PEFT adapter to %s", prompt, out_dir)
-    return info
-
-
 @torch.no_grad()
 def verbalize_peft_output(peft_model, verbalizer, batch: dict, num_virtual_tokens: int) -> torch.Tensor:
     """Class scores from a loaded PEFT model through our verbalizer (for checks and users)."""
-    from .verbalizers import EmbeddingVerbalizer
+    from ..verbalizers import EmbeddingVerbalizer
 
     base_cfg = peft_model.get_base_model().config
     if getattr(base_cfg, "is_encoder_decoder", False):

@@ -6,7 +6,7 @@ LayerNorm on every output token:
 
     P_tgt = LayerNorm( W2 tanh(W1 flatten(P_src) + b1) + b2 ).view(L, d_tgt)
 
-Two training objectives (``pipeline_steps.projection``):
+Two training objectives (``transferability.projection``):
 
 * ``distance``: regress onto the target model's own trained prompts of the same tasks (MSE);
 * ``task``: feed the projected prompt through the frozen target PLM and its verbalizer and
@@ -15,34 +15,12 @@ Two training objectives (``pipeline_steps.projection``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..models.backbone import Backbone
-from ..settings import Settings
-from ..verbalizers import Verbalizer
 from ..prompt_tuning.model import PromptModel
-
-OBJECTIVES = ("distance", "task")
-
-
-@dataclass
-class ProjectorConfig(Settings):
-    """Settings of one projector training run (one objective)."""
-
-    what = "projector"
-
-    hidden: int = 256            # width of the perceptron's hidden layer
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    steps: int = 300
-    batch_size: int = 16         # task objective: examples per step (distance: all prompts per step)
-    eval_batch_size: int = 64
-    eval_every: int = 50         # task objective: dev evaluation; distance: curve resolution
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
+from ..verbalizers import Verbalizer
 
 
 class PromptProjector(nn.Module):

@@ -1,58 +1,16 @@
-"""Late Prompt Tuning (Liu et al., 2022): a prompt inserted at an intermediate layer.
-
-The frozen PLM runs its embeddings and layers ``0 .. k-1`` **without autograd**
-(``torch.no_grad``: no graph, no stored activations below layer ``k``). A small trainable
-generator turns the hidden states at layer ``k`` into ``L`` prompt vectors, which are
-prepended to the hidden sequence (the attention mask is extended by ``L`` ones); layers
-``k ..`` and the verbalizer then run as usual, reading the mask position shifted by ``L``.
-
-Generators (``d`` hidden size, ``r`` bottleneck):
-
-* ``naive``: one learned static late prompt ``[L, d]``, the same for every instance;
-* ``npg``: the first real token's hidden state -> Linear(d, r) -> ReLU -> Linear(r, L·d);
-* ``appg`` / ``mppg``: token-wise Linear(d, r) -> adaptive average / max pooling over the
-  real (non-pad) tokens to ``L`` positions -> ReLU -> Linear(r, d).
-
-Generators read only real tokens, so padding (side and amount) does not change the prompt.
-For T5 the insertion happens in the encoder stack (the relative position bias is recomputed
-for the longer sequence, prompt first, as in input prompt tuning); the decoder is unchanged.
-"""
+"""LPT's prompt generators and the late-prompt model (see the package docstring)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..flops import MeteredForward
 from ..models.backbone import Backbone
-from ..settings import Settings
+from ..prompt_tuning.model import PromptModel
 from ..verbalizers import Verbalizer
+from .config import LatePromptConfig
 
-GENERATORS = ("naive", "npg", "appg", "mppg")
-
-
-@dataclass
-class LatePromptConfig(Settings):
-    what = "late-prompt"
-
-    generator: str = "npg"            # naive | npg | appg | mppg
-    insert_layer: int | None = None   # k; None: half depth (num_layers // 2)
-    prompt_length: int = 10
-    bottleneck: int = 64              # r
-
-    def check(self) -> None:
-        if self.generator not in GENERATORS:
-            raise ValueError(f"unknown late-prompt generator '{self.generator}' ({' | '.join(GENERATORS)})")
-
-    def layer(self, num_layers: int) -> int:
-        k = num_layers // 2 if self.insert_layer is None else self.insert_layer
-        if not 0 <= k < num_layers:
-            raise ValueError(f"insert_layer {k} is outside 0 .. {num_layers - 1}")
-        return k
-
-
-# --- running an encoder layer by layer ---------------------------------------------------------
 
 class LayerRunner:
     """Embeddings, a range of encoder layers, and the final transform, called one by one, so
@@ -98,8 +56,6 @@ class LayerRunner:
             return self.stack.dropout(self.stack.final_layer_norm(hidden))
         return hidden
 
-
-# --- generators ------------------------------------------------------------------------------
 
 def first_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the first non-pad token of each row (left or right padding)."""
@@ -184,8 +140,6 @@ def build_generator(cfg: LatePromptConfig, hidden_size: int, init: torch.Tensor 
     return PoolingGenerator(hidden_size, cfg.bottleneck, cfg.prompt_length, "avg" if cfg.generator == "appg" else "max")
 
 
-# --- the model ----------------------------------------------------------------------------------
-
 class _LateView:
     """What a verbalizer calls as ``backbone``: its ``encode`` runs the late-prompt forward.
 
@@ -263,3 +217,11 @@ class LatePromptModel(nn.Module):
             emb = self.backbone.embed(input_ids)
         ext = torch.cat([attention_mask.new_ones(attention_mask.shape[0], self.prompt_length), attention_mask], 1)
         return self.verbalizer(self._view, emb, ext, mask_pos + self.prompt_length)
+
+
+class MeteredLatePromptModel(MeteredForward, LatePromptModel):
+    pass
+
+
+class MeteredPromptModel(MeteredForward, PromptModel):
+    pass

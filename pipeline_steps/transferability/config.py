@@ -1,0 +1,37 @@
+"""Settings of the transferability suite: the projector's training settings, the projector
+objectives and the indicators' names and table columns (no torch here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..settings import Settings
+
+OBJECTIVES = ("distance", "task")
+SPEEDUP_FRACTION = 0.9  # init speedup threshold: this fraction of the random-init run's best dev score
+
+
+EMBEDDING_INDICATORS = ("cosine_flat", "cosine_tokens", "euclidean_flat", "euclidean_tokens")
+INDICATORS = EMBEDDING_INDICATORS + ("on",)
+INPUT_LAYERS = "input"  # the `layers` value of the embedding indicators
+ALL_LAYERS = "all"
+TABLE_COLUMNS = ["model", "seed", "source_task", "target_task", "indicator", "layers", "value"]
+TRANSFER_COLUMNS = ["model", "source_task", "target_task", "seed", "score", "relative_score"]
+PERFORMANCE = ("relative_score", "score")
+CORRELATION_COLUMNS = ["model", "indicator", "layers", "performance", "spearman", "p_value", "n_pairs"]
+
+
+@dataclass
+class ProjectorConfig(Settings):
+    """Settings of one projector training run (one objective)."""
+
+    what = "projector"
+
+    hidden: int = 256            # width of the perceptron's hidden layer
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    steps: int = 300
+    batch_size: int = 16         # task objective: examples per step (distance: all prompts per step)
+    eval_batch_size: int = 64
+    eval_every: int = 50         # task objective: dev evaluation; distance: curve resolution
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
