@@ -61,7 +61,6 @@ def summarise_fpt(*, metas: list[str], scores: list[str], stage_metas: list[str]
 def _fpt_figure(df: pd.DataFrame, curves: list[str], figure: str) -> None:
     plt = pyplot()
 
-
     groups = sorted({(m, t) for m, t in zip(df["model"], df["task"])})
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
     curve_frames = {}

@@ -49,7 +49,6 @@ def summarise_lpt(*, metas: list[str], table: str, figure: str) -> pd.DataFrame:
 def _lpt_figure(df: pd.DataFrame, figure: str) -> None:
     plt = pyplot()
 
-
     groups = sorted({(m, t) for m, t in zip(df["model"], df["task"])})
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False)
     for ax, (model, task) in zip(axes[0], groups):

@@ -61,7 +61,6 @@ def zero_shot_table(*, inputs: list[str], table: str, heatmap: str) -> "pd.DataF
 def plot_heatmaps(df: "pd.DataFrame", path: str) -> None:
     plt = pyplot()
 
-
     models = sorted(df["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -174,7 +173,6 @@ def projection_table(*, runs: list[dict], table: str, figure: str | None = None)
 def _projection_figure(df: pd.DataFrame, path: str) -> None:
     plt = pyplot()
 
-
     groups = list(df.groupby(["source_model", "target_model"])) if len(df) else []
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(1 + 4.5 * max(1, len(groups)), 3.6), squeeze=False)
     for ax, ((src, tgt), part) in zip(axes[0], groups):
@@ -241,7 +239,6 @@ def correlation_figure(merged: pd.DataFrame, corr: pd.DataFrame, path: str, perf
     """Scatter of each indicator (embedding similarities and ON over all layers) against transfer
     performance, one row per model, ON highlighted; last column: ON's Spearman rho per layer group."""
     plt = pyplot()
-
 
     models = list(dict.fromkeys(merged["model"]))
     panels = [(k, INPUT_LAYERS) for k in EMBEDDING_INDICATORS] + [("on", ALL_LAYERS)]

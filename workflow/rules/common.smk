@@ -1,5 +1,6 @@
 # Shared helpers: config validation, paths, resources and the one way rules call steps.
 import json
+import mimetypes
 import os
 import shlex
 import sys
@@ -92,6 +93,14 @@ DATA = "results/data/{task}/data.parquet"
 TOKENS = "results/data/{task}/tokens-{model}.parquet"
 PROMPT = "results/prompts/{model}/{task}/seed{seed}"
 EVAL = "results/eval/{model}/{task}/seed{seed}"
+
+
+mimetypes.add_type("application/vnd.apache.parquet", ".parquet")  # report items: tables download as Parquet
+
+
+def reported(path, caption, category, **labels):
+    """``path`` as a Snakemake report item: caption ``workflow/report/<caption>.rst``, one category per stage."""
+    return report(path, caption=f"../report/{caption}.rst", category=category, labels=labels or None)
 
 
 def log_path(rule_name, pattern):

@@ -125,9 +125,9 @@ rule summarise_fpt:
         stage_metas=FPT_SUMMARY["stage_metas"],
         curves=FPT_SUMMARY["curves"],
     output:
-        table=FPT_SUMMARY["table"],
-        stages_table=FPT_SUMMARY["stages_table"],
-        figure=FPT_SUMMARY["figure"],
+        table=reported(FPT_SUMMARY["table"], "fpt_table", "5. FPT", table="per run"),
+        stages_table=reported(FPT_SUMMARY["stages_table"], "fpt_stages_table", "5. FPT", table="per stage"),
+        figure=reported(FPT_SUMMARY["figure"], "fpt_score_vs_flops", "5. FPT", figure="score vs FLOPs"),
     params:
         args=args(**FPT_SUMMARY),
     conda:

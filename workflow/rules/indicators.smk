@@ -52,7 +52,7 @@ rule indicator_table:
         activations=expand(ACTIVATIONS, model=MODELS),
         prompts=[r["prompt"] for r in IND_RUNS],
     output:
-        INDICATOR_TABLE,
+        reported(INDICATOR_TABLE, "indicators_table", "3. Transferability indicators", table="indicators"),
     params:
         args=args(
             runs=IND_RUNS,
@@ -80,8 +80,10 @@ rule indicator_correlation:
         indicators=INDICATOR_TABLE,
         transfer=TRANSFER_ZERO_SHOT,
     output:
-        table=INDICATOR_CORRELATION["table"],
-        figure=INDICATOR_CORRELATION["figure"],
+        table=reported(INDICATOR_CORRELATION["table"], "indicator_correlation_table", "3. Transferability indicators",
+                       table="correlation"),
+        figure=reported(INDICATOR_CORRELATION["figure"], "indicator_correlation", "3. Transferability indicators",
+                        figure="indicators vs transfer"),
     params:
         args=args(indicators=INDICATOR_TABLE, transfer=TRANSFER_ZERO_SHOT, **INDICATOR_CORRELATION),
     conda:

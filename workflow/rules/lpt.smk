@@ -59,8 +59,8 @@ rule summarise_lpt:
     input:
         metas=LPT_SUMMARY["metas"],
     output:
-        table=LPT_SUMMARY["table"],
-        figure=LPT_SUMMARY["figure"],
+        table=reported(LPT_SUMMARY["table"], "lpt_table", "6. LPT", table="per run"),
+        figure=reported(LPT_SUMMARY["figure"], "lpt_score_vs_step_time", "6. LPT", figure="score vs step time"),
     params:
         args=args(**LPT_SUMMARY),
     conda:

@@ -142,7 +142,8 @@ rule summarise_projection:
     input:
         [path for run in PROJ_RUNS for key, path in run.items() if key != "pair"],
     output:
-        **PROJ_SUMMARY,
+        table=reported(PROJ_SUMMARY["table"], "cross_model_table", "4. Cross-model projection", table="projection"),
+        figure=reported(PROJ_SUMMARY["figure"], "cross_model", "4. Cross-model projection", figure="projection scores"),
     params:
         args=args(runs=PROJ_RUNS, **PROJ_SUMMARY),
     conda:

@@ -88,9 +88,11 @@ rule summarise_prompts:
         curves=PT_SUMMARY["curves"],
         scores=PT_SUMMARY["scores"],
     output:
-        table=PT_SUMMARY["table"],
-        scores_figure=PT_SUMMARY["scores_figure"],
-        curves_figure=PT_SUMMARY["curves_figure"],
+        table=reported(PT_SUMMARY["table"], "prompt_tuning_table", "1. Prompt tuning", table="per run"),
+        scores_figure=reported(PT_SUMMARY["scores_figure"], "prompt_tuning_scores", "1. Prompt tuning",
+                               figure="test scores"),
+        curves_figure=reported(PT_SUMMARY["curves_figure"], "prompt_tuning_curves", "1. Prompt tuning",
+                               figure="training curves"),
     params:
         args=args(**PT_SUMMARY),
     conda:

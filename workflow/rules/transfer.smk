@@ -66,8 +66,8 @@ rule transfer_zero_shot:
     input:
         ZS_TABLE["inputs"],
     output:
-        table=ZS_TABLE["table"],
-        heatmap=ZS_TABLE["heatmap"],
+        table=reported(ZS_TABLE["table"], "transfer_zero_shot_table", "2. Cross-task transfer", table="zero-shot"),
+        heatmap=reported(ZS_TABLE["heatmap"], "transfer_zero_shot", "2. Cross-task transfer", figure="zero-shot heatmap"),
     params:
         args=args(**ZS_TABLE),
     conda:
@@ -185,8 +185,8 @@ rule transfer_init:
     input:
         [r[k] for r in TPT_TABLE["runs"] for k in ("curve", "scores", "random_curve", "random_scores")],
     output:
-        table=TPT_TABLE["table"],
-        figure=TPT_TABLE["figure"],
+        table=reported(TPT_TABLE["table"], "transfer_init_table", "2. Cross-task transfer", table="TPT"),
+        figure=reported(TPT_TABLE["figure"], "transfer_init_curves", "2. Cross-task transfer", figure="TPT curves"),
     params:
         args=args(**TPT_TABLE),
     conda:
