@@ -12,14 +12,13 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import snakemake_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -97,10 +96,9 @@ AT_START = [
 
 
 def _snakemake(wd: Path, *args: str, timeout: int = 600) -> tuple[int, str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ}
     env.pop("PTW_CUDA_FALLBACK", None)
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *args], cwd=wd, env=env,
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    res = snakemake_cli(wd, *args, timeout=timeout, env=env, cores=None)
     return res.returncode, res.stdout + res.stderr
 
 

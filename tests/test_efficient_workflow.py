@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_workflow import TINY, _cli, outputs, snakemake
+from helpers import TINY, outputs, snakemake, snakemake_cli
 
 pytestmark = pytest.mark.workflow
 
@@ -77,7 +77,7 @@ def test_unequal_totals_fail_fast(tmp_path):
     cfg["fpt"]["methods"] = ["fpt_compound", "fpt_depth"]
     cfg["fpt"]["schedules"]["fpt_depth"] = [{"layers": 1, "steps": 2}, {"steps": 2}]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = _cli(tmp_path, "-n")
+    res = snakemake_cli(tmp_path, "-n")
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "fpt.schedules" in out and "pt_steps" in out and "Traceback" not in out
 

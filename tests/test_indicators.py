@@ -3,16 +3,12 @@ similarities on hand-made numbers, the steps on tiny models, Spearman on synthet
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from pipeline_steps.transferability import indicators as ind
@@ -367,17 +363,14 @@ def test_config_defaults_and_errors(minimal_config):
 
 @pytest.mark.workflow
 def test_dry_run_schedules_the_indicator_jobs(tmp_path):
-    from test_workflow import TINY
+    from helpers import TINY, snakemake_cli
 
     cfg = {**TINY, "indicators": {"window": 1}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     target = tmp_path / "results/tables/transfer_zero_shot.parquet"  # stands in for the transfer stage
     target.parent.mkdir(parents=True)
     synthetic_tables()[1].to_parquet(target)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow/Snakefile"), "--cores", "1",
-                          "indicators", "-n"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = snakemake_cli(tmp_path, "indicators", "-n", timeout=120)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()

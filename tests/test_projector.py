@@ -357,19 +357,13 @@ WF_CONFIG = {
 
 
 def dry_run(tmp_path, cfg, *targets):
-    import os
-    import subprocess
-    import sys
 
     import yaml
 
-    from conftest import REPO
+    from helpers import snakemake_cli
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    res = subprocess.run([sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "workflow" / "Snakefile"),
-                          "--cores", "1", "-n", "--quiet", "rules"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = snakemake_cli(tmp_path, *targets, "-n", "--quiet", "rules")
     counts = {}
     for line in res.stdout.splitlines():
         parts = line.split()

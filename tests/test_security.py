@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from pipeline_steps.config import load_config
 from pipeline_steps.errors import UserError
 from pipeline_steps.io import load_tensors, save_tensors
 from pipeline_steps.models.registry import _hub_kwargs
+from helpers import snakemake_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(REPO / "pipeline_steps").rglob("*.py"), *(REPO / "workflow").rglob("*.smk"),
@@ -89,8 +88,7 @@ def test_targets_outside_the_name_pattern_match_no_rule(tmp_path, target):
         "tasks: {movies: {source: {demo: movie_reviews, size: 40}, text_fields: [text], "
         "label_names: [negative, positive], template: '{text_a} It was {mask}.', "
         "label_words: {negative: [bad], positive: [good]}}}\n")
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "-n", target],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    res = snakemake_cli(tmp_path, "-n", target, cores=None)
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "MissingRuleException" in out and "Traceback" not in out, out[-2000:]
     assert not (tmp_path / "results").exists() and not (tmp_path.parent / "escaped").exists()

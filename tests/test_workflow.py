@@ -3,56 +3,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEFILE = REPO / "workflow" / "Snakefile"
+from helpers import TINY, outputs, snakemake, snakemake_cli
+
 pytestmark = pytest.mark.workflow
-
-TINY = {
-    "threads": 1,
-    "models": {"tiny-bert": {"source": "tiny:bert"}, "tiny-roberta": {"source": "tiny:roberta"}},
-    "experiment": {"tasks": ["movies", "topics"], "models": ["tiny-bert"], "seeds": [1]},
-    "prompt_tuning": {"prompt_length": 4, "steps": 4, "batch_size": 8, "eval_every": 2, "max_length": 32,
-                      "checkpoint_every": 2},
-    "transfer": {"random_seeds": [0]},
-    # tiny-roberta is outside the grid: its prompts are built on demand for the projector
-    "projector": {"pairs": [{"source": "tiny-bert", "target": "tiny-roberta", "train_tasks": ["movies"],
-                             "eval_tasks": ["topics"]}],
-                  "hidden": 16, "distance": {"steps": 20, "eval_every": 10},
-                  "task": {"steps": 4, "batch_size": 8, "eval_every": 2}},
-    "tasks": {
-        "movies": {"source": {"demo": "movie_reviews", "size": 80}, "text_fields": ["text"],
-                   "label_names": ["negative", "positive"], "template": "{text_a} It was {mask}.",
-                   "label_words": {"negative": ["bad"], "positive": ["good"]}},
-        "topics": {"source": {"demo": "topics", "size": 80}, "text_fields": ["text"],
-                   "label_names": ["sports", "science", "business", "politics"], "template": "{mask} news: {text_a}",
-                   "label_words": {k: [k] for k in ["sports", "science", "business", "politics"]}},
-    },
-}
-
-
-def snakemake(workdir: Path, dryrun: bool = False, targets=()) -> None:
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (ConfigSettings, DAGSettings, ExecutionSettings, OutputSettings,
-                                          ResourceSettings, StorageSettings)
-
-    with SnakemakeApi(OutputSettings(dryrun=dryrun, show_failed_logs=True)) as api:
-        wf = api.workflow(resource_settings=ResourceSettings(cores=2),
-                          config_settings=ConfigSettings(configfiles=[workdir / "config.yaml"]),
-                          storage_settings=StorageSettings(), snakefile=SNAKEFILE, workdir=workdir)
-        dag = wf.dag(DAGSettings(targets=set(targets)))
-        dag.execute_workflow(executor="local", pseudo_executor="dryrun" if dryrun else None,
-                             execution_settings=ExecutionSettings(latency_wait=2))
-
-
-def outputs(workdir: Path) -> dict[str, int]:
-    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +78,7 @@ def test_full_run_then_noop_then_incremental(workdir):
 
 
 def _cli(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "1", *extra],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    return snakemake_cli(workdir, *extra)
 
 
 def test_lint_is_clean(workdir):
