@@ -1,14 +1,18 @@
 """FPT settings: a schedule of stages, each a partial-model size and a number of steps (no torch here)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from ..settings import Settings
 
 SELECTIONS = ("evenly", "first")  # how a depth-reduced stage picks its layers
 METHODS = {"fpt_depth": ("layers",), "fpt_width": ("ffn",), "fpt_compound": ("layers", "ffn")}
 
 
 @dataclass
-class FPTStage:
+class FPTStage(Settings):
+    what = "FPT stage"
+
     steps: int
     layers: float | int | None = None   # None: all layers
     ffn: float | int | None = None      # None: full FFN width
@@ -17,22 +21,19 @@ class FPTStage:
     def is_full(self) -> bool:
         return self.layers is None and self.ffn is None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class FPTConfig:
+class FPTConfig(Settings):
+    what = "FPT"
+
     stages: list[FPTStage] = field(default_factory=list)
     selection: str = "evenly"          # evenly | first
     class_vectors: str = "full"        # full | partial (embedding verbalizer)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FPTConfig":
-        stages = [s if isinstance(s, FPTStage) else FPTStage(**s) for s in d.get("stages", [])]
-        cfg = cls(stages, d.get("selection", "evenly"), d.get("class_vectors", "full"))
-        cfg.check()
-        return cfg
+        stages = [s if isinstance(s, FPTStage) else FPTStage.from_dict(s) for s in d.get("stages", [])]
+        return super().from_dict({**d, "stages": stages})
 
     def check(self) -> None:
         if not self.stages:

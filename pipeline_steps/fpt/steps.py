@@ -99,7 +99,7 @@ def fpt_stage(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, m
     """
     set_threads(threads)
     seed_everything(seed)
-    st = FPTStage(**stage)
+    st = FPTStage.from_dict(stage)
     cfg = PromptTuningConfig.from_dict({**settings, "steps": st.steps})
     bundle = load_bundle(model_spec)
     check_lengths(bundle, cfg, model_spec["name"])
