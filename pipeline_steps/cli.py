@@ -38,6 +38,8 @@ STEPS = {
     "summarise-fpt": "efficient:summarise_fpt",
     "lpt-run": "efficient:lpt_run",
     "summarise-lpt": "efficient:summarise_lpt",
+    "kpt-run": "kpt.steps:run",
+    "summarise-kpt": "kpt.report:summarise_kpt",
 }
 
 
