@@ -405,3 +405,21 @@ def test_bad_kb_fails_before_the_model_loads(tiny_spec, topics_tokens, tmp_path,
     with pytest.raises(UserError, match=r"kb.txt: 3 lines of words"):
         run_kpt(tiny_spec, topics_tokens, tmp_path, kb={"name": "x", "source": "file", "path": str(bad)})
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_multi_token_words_mean_or_first_in_a_run(tiny_spec, topics_tokens, tmp_path):
+    """A multi-token knowledge-base word is scored by its sub-tokens' mean (default) or its first sub-token."""
+    f = tmp_path / "kb.txt"
+    f.write_text("sports,unbelievableness\nscience,photosynthesis\nbusiness,entrepreneurship\npolitics,parliamentarian\n")
+    kb = {"name": "long", "source": "file", "path": str(f)}
+    priors = {}
+    for how in ("mean", "first"):
+        out = tmp_path / how
+        run_kpt(tiny_spec, topics_tokens, out, kb=kb, variants=["kpt-no-frequency"],
+                settings={"multi_token": how, "candidate_frac": 0.0})
+        words = pd.read_parquet(out / "words.parquet").set_index("word")
+        assert len(words.loc["unbelievableness", "token_ids"]) > 1
+        priors[how] = words["prior"]
+    multi = [w for w in priors["mean"].index if w not in NAMES]
+    assert not np.allclose(priors["mean"][multi], priors["first"][multi])
+    assert np.allclose(priors["mean"][NAMES], priors["first"][NAMES])  # single-token anchors: the same
