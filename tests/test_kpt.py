@@ -423,3 +423,21 @@ def test_multi_token_words_mean_or_first_in_a_run(tiny_spec, topics_tokens, tmp_
     multi = [w for w in priors["mean"].index if w not in NAMES]
     assert not np.allclose(priors["mean"][multi], priors["first"][multi])
     assert np.allclose(priors["mean"][NAMES], priors["first"][NAMES])  # single-token anchors: the same
+
+
+def test_planning_grid_settings_and_per_task_params(repo_config):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
+    from planning.kpt import kb_spec, kpt_grid, kpt_settings, parse_setting, run_paths, setting_name
+
+    assert parse_setting("zero-shot") == (0, "none") and parse_setting("16shot-model") == (16, "model")
+    assert setting_name(4, "prompt") == "4shot-prompt" and setting_name(0, "prompt") == "zero-shot"
+    jobs = kpt_grid(repo_config)
+    assert {(j["task"], j["kb"], j["setting"]) for j in jobs} == {
+        ("topics", "wordnet", "zero-shot"), ("topics", "wordnet", "8shot-prompt"),
+        ("movies", "vader", "zero-shot"), ("movies", "vader", "8shot-prompt")}
+    assert run_paths(jobs[0])["scores"] == "results/kpt/minilm-l6/topics/wordnet/seed1/zero-shot/scores.parquet"
+    assert kpt_settings(repo_config, "movies")["candidate_frac"] == 0.0
+    assert kpt_settings(repo_config, "topics")["candidate_frac"] == 0.5
+    assert kb_spec(repo_config, "vader")["name"] == "vader"
