@@ -38,6 +38,8 @@ STEPS = {
     "summarise-fpt": "fpt.report:summarise_fpt",
     "lpt-run": "lpt.steps:lpt_run",
     "summarise-lpt": "lpt.report:summarise_lpt",
+    "kpt-run": "kpt.steps:run",
+    "summarise-kpt": "kpt.report:summarise_kpt",
 }
 
 

@@ -155,6 +155,7 @@ def _check_references(cfg: dict, origin: str) -> None:
                                 f"(relative paths are read from {Path.cwd()})")
     check_projector(cfg, origin)
     check_efficient(cfg, origin)
+    check_kpt(cfg, origin)
     for name, model in cfg["models"].items():
         source = model["source"]
         if is_local_path(source) and name in exp["models"] and not Path(source).expanduser().is_dir():
@@ -235,6 +236,44 @@ def check_efficient(cfg: dict, origin: str = "config") -> None:
                         f"equal or set fpt.pt_steps, the steps of the PT baseline they are compared with")
     if fpt["models"] and fpt["tasks"] and not fpt["methods"]:
         raise UserError(f"{origin}: key 'fpt.methods': give at least one FPT method")
+
+
+def check_kpt(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``kpt:`` section: names, per-task settings, and each knowledge-base file
+    (read here, so a bad line fails before any job starts)."""
+    from .kpt.config import KPTConfig, read_kb_file
+
+    sec = cfg["kpt"]
+    for name in sec["models"]:
+        if name not in cfg["models"]:
+            raise UserError(f"{origin}: key 'kpt.models': unknown model '{name}'; "
+                            f"defined models: {', '.join(sorted(cfg['models']))}")
+    active = bool(sec["models"])
+    for task, entry in sec["tasks"].items():
+        key = f"{origin}: key 'kpt.tasks.{task}"
+        if task not in cfg["tasks"]:
+            raise UserError(f"{key}': unknown task '{task}'; defined tasks: {', '.join(sorted(cfg['tasks']))}")
+        try:
+            KPTConfig.from_dict({**sec["settings"], **(entry.get("settings") or {})})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{key}.settings': {e}") from None
+        names = cfg["tasks"][task]["label_names"]
+        for kb_name in entry["knowledge_bases"]:
+            if kb_name not in sec["knowledge_bases"]:
+                raise UserError(f"{key}.knowledge_bases': unknown knowledge base '{kb_name}'; defined: "
+                                f"{', '.join(sorted(sec['knowledge_bases'])) or 'none (add kpt.knowledge_bases)'}")
+            kb = sec["knowledge_bases"][kb_name]
+            where = f"{origin}: key 'kpt.knowledge_bases.{kb_name}"
+            if kb["source"] == "file":
+                if not kb.get("path"):
+                    raise UserError(f"{where}.path': a file knowledge base needs a path")
+                if active:
+                    read_kb_file(kb["path"], names)  # UserError naming the file (and line)
+            if kb["source"] == "vader":
+                missing = [n for n in names if n not in (kb.get("polarity") or {})]
+                if missing:
+                    raise UserError(f"{where}.polarity': no polarity (1, -1 or 0) for classes {missing} of task "
+                                    f"'{task}' that uses it")
 
 
 # --- queries used by the Snakefile and the steps -------------------------------------------

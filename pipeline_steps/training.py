@@ -212,20 +212,32 @@ def training_step(model, batch: dict, optimizer, params: dict, lr: float, grad_c
 
 def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, *, seed: int,
                  metric: str, device, checkpoint: Checkpoint | None = None, tag: str = "", describe: str = "",
-                 amp=None, on_eval: Callable | None = None, optimizer_state: dict | None = None):
+                 amp=None, on_eval: Callable | None = None, optimizer_state: dict | None = None,
+                 lr_scales: dict[str, float] | None = None):
     """Train the parameters of ``model`` that require grad; everything else stays frozen.
 
     ``model(input_ids, attention_mask, mask_pos)`` returns class logits. Batches are drawn
     epoch-wise from seeded permutations; the dev score is computed every ``eval_every`` steps
     and at the end; the best parameters (earliest on ties) are kept. ``optimizer_state``
     (from ``adam_state``) starts AdamW from carried-over moments (progressive training).
+    ``lr_scales`` maps parameter names to a factor on ``cfg.lr`` (their own AdamW parameter
+    group, e.g. KPT's label-word weights); every other parameter gets ``cfg.lr``.
 
     Returns (best parameters by name, TrainState with the curve, final AdamW state by name).
     """
     params = trainable(model)
     if not params:
         raise ValueError("the model has no trainable parameter")
-    optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if lr_scales:
+        unknown = set(lr_scales) - set(params)
+        if unknown:
+            raise ValueError(f"lr_scales names parameters that are not trainable: {sorted(unknown)}")
+        rest = [p for n, p in params.items() if n not in lr_scales]
+        groups = ([{"params": rest}] if rest else []) + [
+            {"params": [params[n]], "lr": cfg.lr * s, "lr_scale": s} for n, s in lr_scales.items()]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         load_adam_state(optimizer, params, optimizer_state)
     state = TrainState()

@@ -63,34 +63,75 @@ class Verbalizer(nn.Module):
         return self.weights.shape[0]
 
     def forward(self, backbone: Backbone, inputs_embeds, attention_mask, mask_pos) -> torch.Tensor:
+        """``[B, C]`` class scores."""
+        raise NotImplementedError
+
+    def word_logits(self, backbone: Backbone, inputs_embeds, attention_mask, mask_pos) -> torch.Tensor:
+        """``[B, W]`` per-label-word logits z(x), the input of knowledgeable verbalizers (KPT)."""
         raise NotImplementedError
 
 
 class MLMVerbalizer(Verbalizer):
+    """``token_ids``/``token_weights`` (optional): each word's score is the ``[W, T]``-weighted
+    combination of its sub-tokens' logits (e.g. their mean); without them a word is its first sub-token."""
     kind = "mlm"
 
-    def forward(self, backbone, inputs_embeds, attention_mask, mask_pos):
+    def __init__(self, word_ids, weights, token_ids: list[int] | None = None, token_weights: torch.Tensor | None = None):
+        super().__init__(word_ids, weights)
+        has = token_ids is not None
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long) if has else None, persistent=False)
+        self.register_buffer("token_weights", token_weights.float() if has else None, persistent=False)
+
+    def vocab_logits(self, backbone, inputs_embeds, attention_mask, mask_pos) -> torch.Tensor:
+        """``[B, V]`` vocabulary logits at the mask position (T5: at the first decoder step)."""
         if backbone.is_seq2seq:
-            logits = backbone.first_step_logits(inputs_embeds, attention_mask)
-        else:
-            hidden = backbone.encode(inputs_embeds, attention_mask)
-            at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
-            logits = backbone.mlm_logits(at_mask)
-        return self.from_vocab_logits(logits)
+            return backbone.first_step_logits(inputs_embeds, attention_mask)
+        hidden = backbone.encode(inputs_embeds, attention_mask)
+        at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
+        return backbone.mlm_logits(at_mask)
+
+    def forward(self, backbone, inputs_embeds, attention_mask, mask_pos):
+        return self.from_vocab_logits(self.vocab_logits(backbone, inputs_embeds, attention_mask, mask_pos))
+
+    def word_logits(self, backbone, inputs_embeds, attention_mask, mask_pos) -> torch.Tensor:
+        return self.words_from_vocab(self.vocab_logits(backbone, inputs_embeds, attention_mask, mask_pos))
+
+    def words_from_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` vocabulary logits -> ``[B, W]`` per-word logits."""
+        if self.token_ids is not None:
+            return logits[:, self.token_ids].float() @ self.token_weights.T
+        return logits[:, self.word_ids].float()
 
     def from_vocab_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """``[B, V]`` vocabulary logits (at the mask / first decoder step) -> ``[B, C]`` class scores."""
-        return logits[:, self.word_ids].float() @ self.weights.T
+        return self.words_from_vocab(logits) @ self.weights.T
 
 
 class EmbeddingVerbalizer(Verbalizer):
     kind = "embedding"
 
-    def __init__(self, word_ids, weights, class_vectors: torch.Tensor, pooling: str = "mask", scale: float = 20.0):
+    def __init__(self, word_ids, weights, class_vectors: torch.Tensor, pooling: str = "mask", scale: float = 20.0,
+                 word_vectors: torch.Tensor | None = None):
         super().__init__(word_ids, weights)
         self.register_buffer("class_vectors", F.normalize(class_vectors.float(), dim=-1), persistent=False)
+        # [W, d]: each label word's own encoding (for word_logits); optional
+        self.register_buffer("word_vectors", None if word_vectors is None else F.normalize(word_vectors.float(), dim=-1),
+                             persistent=False)
         self.pooling = pooling
         self.scale = scale
+
+    @staticmethod
+    @torch.no_grad()
+    def encode_words(backbone: Backbone, tokenizer, words: list[str], batch_size: int = 64) -> torch.Tensor:
+        """``[W, d]`` the frozen model's mean-pooled, normalised encoding of each word on its own."""
+        device = backbone.word_embeddings.weight.device
+        out = []
+        for start in range(0, len(words), batch_size):
+            enc = tokenizer(words[start:start + batch_size], padding=True, return_tensors="pt").to(device)
+            hidden = backbone.encode(backbone.embed(enc["input_ids"]), enc["attention_mask"]).float()
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1))
+        return torch.cat(out)
 
     @staticmethod
     @torch.no_grad()
@@ -109,15 +150,26 @@ class EmbeddingVerbalizer(Verbalizer):
     def forward(self, backbone, inputs_embeds, attention_mask, mask_pos):
         return self.from_hidden(backbone.encode(inputs_embeds, attention_mask), attention_mask, mask_pos)
 
-    def from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_pos: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``[B, T, d]`` (prompt included) -> ``[B, C]`` class scores."""
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_pos: torch.Tensor) -> torch.Tensor:
+        """``[B, d]`` the output compared with the label words (mask position or mean-pooled), normalised."""
         hidden = hidden.float()
         if self.pooling == "mask":
             rep = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask_pos]
         else:
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             rep = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        return self.scale * F.normalize(rep, dim=-1) @ self.class_vectors.T
+        return F.normalize(rep, dim=-1)
+
+    def from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, mask_pos: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``[B, T, d]`` (prompt included) -> ``[B, C]`` class scores."""
+        return self.scale * self.pool(hidden, attention_mask, mask_pos) @ self.class_vectors.T
+
+    def word_logits(self, backbone, inputs_embeds, attention_mask, mask_pos) -> torch.Tensor:
+        """``[B, W]``: scale x cosine of the output with each label word's own encoding."""
+        if self.word_vectors is None:
+            raise ValueError("this embedding verbalizer was built without per-word vectors")
+        hidden = backbone.encode(inputs_embeds, attention_mask)
+        return self.scale * self.pool(hidden, attention_mask, mask_pos) @ self.word_vectors.T
 
 
 def build_verbalizer(kind: str, backbone: Backbone, tokenizer, label_words, label_names,

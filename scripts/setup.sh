@@ -3,6 +3,18 @@
 # torch 2.13.0 first (the CPU wheel on a CPU machine, so no CUDA wheels are pulled), then the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# WordNet 3.0 for KPT's wordnet knowledge base (Debian/Ubuntu package wordnet-base, WordNet 3.0 licence).
+# Optional: without it only the wordnet knowledge base is unavailable (its jobs fail with a message saying so).
+if [ -f /usr/share/wordnet/data.noun ]; then
+    echo "WordNet 3.0 found in /usr/share/wordnet"
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q wordnet-base >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1; }) \
+        && echo "installed WordNet 3.0 (apt: wordnet-base)" \
+        || echo "note: could not install wordnet-base with apt-get; KPT's wordnet knowledge base will be unavailable" >&2
+else
+    echo "note: WordNet 3.0 not installed (needs apt-get as root: apt-get install wordnet-base);" \
+         "KPT's wordnet knowledge base will be unavailable, the others work" >&2
+fi
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -1,0 +1,123 @@
+"""Settings of KPT runs, the verbalizer variants (the rows of one table) and the format of the published
+KPT word-list files (read at config validation, so a bad line fails before any job). No torch import."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..settings import Settings
+
+# variant -> which parts are on: knowledge-base words, frequency, relevance, calibration, learnable weights
+VARIANTS = {
+    "manual": dict(knowledge=False, frequency=False, relevance=False, calibration=False, learnable=False),
+    "manual+calibration": dict(knowledge=False, frequency=False, relevance=False, calibration=True, learnable=False),
+    "kpt": dict(knowledge=True, frequency=True, relevance=True, calibration=True, learnable=True),
+    "kpt-no-frequency": dict(knowledge=True, frequency=False, relevance=True, calibration=True, learnable=True),
+    "kpt-no-relevance": dict(knowledge=True, frequency=True, relevance=False, calibration=True, learnable=True),
+    "kpt-no-calibration": dict(knowledge=True, frequency=True, relevance=True, calibration=False, learnable=True),
+    "kpt-no-learnable": dict(knowledge=True, frequency=True, relevance=True, calibration=True, learnable=False),
+}
+MODES = ("prompt", "model")
+
+
+def switches(variant: str, shots: int, relevance_few_shot: bool = False) -> dict[str, bool]:
+    """The parts a variant uses in a setting: relevance refinement is zero-shot only (the paper's
+    few-shot KPT replaces it by the learnable weights) unless ``relevance_few_shot``; the
+    learnable weights need training, so they are off in zero-shot."""
+    s = dict(VARIANTS[variant])
+    if shots > 0 and not relevance_few_shot:
+        s["relevance"] = False
+    if shots == 0:
+        s["learnable"] = False
+    return s
+
+
+def variants_for(variants: list[str], shots: int, relevance_few_shot: bool = False) -> list[str]:
+    """The variants that differ in this setting (an ablation equal to ``kpt`` there is left out)."""
+    out, seen = [], set()
+    for v in variants:
+        key = tuple(sorted(switches(v, shots, relevance_few_shot).items()))
+        if v != "kpt" and v.startswith("kpt-") and key == tuple(sorted(switches("kpt", shots, relevance_few_shot).items())):
+            continue
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(v)
+    return out
+
+
+@dataclass
+class KPTConfig(Settings):
+    what = "kpt"
+
+    support_size: int = 200          # unlabeled training inputs behind the frequency/relevance/calibration statistics
+    candidate_frac: float = 0.5      # frequency refinement: drop words whose prior is in this lowest fraction
+    max_words: int | None = 50       # cap on a class's candidate words after expansion
+    multi_token: str = "mean"        # mean | first: a multi-token word's logit
+    max_subtokens: int | None = None  # drop words of more sub-tokens (None: no limit)
+    relevance_few_shot: bool = False  # also apply relevance refinement in few-shot runs
+    weight_lr: float = 0.06          # AdamW lr of the learnable label-word weights
+    model_lr: float = 3e-5           # training mode `model`: lr of the whole PLM
+    model_epochs: int = 5            # training mode `model`: epochs (best epoch by dev score)
+    batch_size: int = 8              # few-shot training batch (both modes)
+
+    def check(self) -> None:
+        if not 0 <= self.candidate_frac < 1:
+            raise ValueError(f"candidate_frac must be in [0, 1), got {self.candidate_frac}")
+        if self.multi_token not in ("mean", "first"):
+            raise ValueError(f"multi_token must be mean or first, not '{self.multi_token}'")
+        if self.support_size < 2:
+            raise ValueError("support_size must be at least 2")
+
+
+# --- the published KPT word-list files ----------------------------------------------------------
+
+def read_kb_file(path: str | os.PathLike, label_names: list[str]) -> dict[str, list[str]]:
+    """Words per class (label order) from a KPT word-list file (``.txt`` lines or ``.json`` object).
+
+    Errors name the file and, for the text format, the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: knowledge-base file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a JSON knowledge base must be an object mapping class name to a word list")
+        unknown = [k for k in data if k not in label_names]
+        if unknown:
+            raise UserError(f"{path}: classes {unknown} are not among the task's label_names {label_names}")
+        out = {}
+        for name in label_names:
+            if name not in data:
+                raise UserError(f"{path}: class '{name}' is missing (the task's label_names are {label_names})")
+            words = data[name]
+            if isinstance(words, str):
+                words = [w for w in words.split(",")]
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise UserError(f"{path}: class '{name}': expected a list of words, got {type(words).__name__}")
+            words = [w.strip() for w in words if w.strip()]
+            if not words:
+                raise UserError(f"{path}: class '{name}' has no words")
+            out[name] = words
+        return out
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # trailing blank lines are harmless
+        lines.pop()
+    for i, line in enumerate(lines, 1):
+        if not line.strip().strip(","):
+            raise UserError(f"{path}: line {i}: empty line (one line of comma-separated words per class)")
+    if len(lines) != len(label_names):
+        raise UserError(f"{path}: {len(lines)} lines of words but the task has {len(label_names)} classes "
+                        f"{label_names} (one line per class, in label order)")
+    return {name: [w.strip() for w in line.split(",") if w.strip()] for name, line in zip(label_names, lines)}

@@ -1,0 +1,63 @@
+"""KPT's grid, artifact paths and per-job settings (plain Python, no Snakemake import).
+
+A job is one (model, task, knowledge base, seed, setting), setting = ``zero-shot`` or ``{k}shot-{mode}``;
+it runs every verbalizer variant of that setting with the model loaded once. A job's settings come
+from its own task and knowledge base only, so changing one task's knowledge base reruns only that
+task's KPT jobs (and the summary).
+"""
+from __future__ import annotations
+
+import copy
+
+RUN = "results/kpt/{model}/{task}/{kb}/seed{seed}/{setting}"
+FILES = {"words": "words.parquet", "scores": "scores.parquet", "meta": "meta.json"}
+SETTING = r"zero-shot|[0-9]+shot-(prompt|model)"
+
+
+def setting_name(shots: int, mode: str) -> str:
+    return "zero-shot" if shots == 0 else f"{shots}shot-{mode}"
+
+
+def parse_setting(setting: str) -> tuple[int, str]:
+    if setting == "zero-shot":
+        return 0, "none"
+    shots, mode = setting.split("shot-")
+    return int(shots), mode
+
+
+def kpt_grid(cfg: dict) -> list[dict]:
+    sec = cfg["kpt"]
+    seeds = sec["seeds"] or cfg["experiment"]["seeds"]
+    settings = [setting_name(k, m) for k in sec["shots"] for m in (sec["modes"] if k else ["none"])]
+    return [{"model": m, "task": t, "kb": kb, "seed": s, "setting": st}
+            for m in sec["models"] for t, entry in sec["tasks"].items() for kb in entry["knowledge_bases"]
+            for s in seeds for st in settings]
+
+
+def run_paths(job: dict) -> dict[str, str]:
+    base = RUN.format(**job)
+    return {k: f"{base}/{f}" for k, f in FILES.items()}
+
+
+def kpt_settings(cfg: dict, task: str) -> dict:
+    merged = copy.deepcopy(cfg["kpt"]["settings"])
+    merged.update(cfg["kpt"]["tasks"][task].get("settings") or {})
+    return merged
+
+
+def kpt_prompt_settings(cfg: dict, task: str) -> dict:
+    """prompt_tuning defaults, the task's own overrides, then kpt.prompt_tuning."""
+    merged = copy.deepcopy(cfg["prompt_tuning"])
+    merged.update(cfg["tasks"][task].get("prompt_tuning") or {})
+    merged.update(cfg["kpt"].get("prompt_tuning") or {})
+    return merged
+
+
+def kb_spec(cfg: dict, name: str) -> dict:
+    return {"name": name, **copy.deepcopy(cfg["kpt"]["knowledge_bases"][name])}
+
+
+def kb_inputs(cfg: dict, name: str) -> list[str]:
+    """Files a knowledge base reads (a file KB's word list: editing it reruns its jobs)."""
+    kb = cfg["kpt"]["knowledge_bases"][name]
+    return [kb["path"]] if kb["source"] == "file" else []
