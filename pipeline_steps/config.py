@@ -317,6 +317,34 @@ def check_efficient(cfg: dict, origin: str = "config") -> None:
         raise UserError(f"{origin}: key 'fpt.methods': give at least one FPT method")
 
 
+# --- specs handed to steps (``task_spec``/``model_spec`` as built below) ----------------------
+
+def check_spec(value: Any, kind: str, where: str) -> None:
+    """A step's ``task``/``model`` spec argument against the schema of a config entry with its
+    defaults filled and its ``name`` (what ``task_spec``/``model_spec`` return)."""
+    schema = load_schema()
+    node = copy.deepcopy(schema["$defs"][kind])
+    props = node["properties"]
+    props.pop("prompt_tuning" if kind == "task" else "gpu_model", None)
+    props["name"] = {"$ref": "#/$defs/name"}
+    node["required"] = sorted(set(node.get("required", [])) | {"name"} |
+                              {k for k, v in props.items() if "default" in v})
+    node["$defs"] = schema["$defs"]
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: a {kind} spec must be a mapping, got {type(value).__name__}")
+    check_plain_values(value, where)
+    errors = sorted(_Validator(node).iter_errors(value), key=lambda e: len(e.absolute_path))
+    if errors:
+        raise _schema_error(errors[0], where)
+    if kind == "task":
+        problem = template_problem(value["template"], len(value["text_fields"]))
+        if problem:
+            raise UserError(f"{where}: key 'template': {problem}")
+        if set(value["label_words"]) != set(value["label_names"]):
+            raise UserError(f"{where}: key 'label_words': keys {sorted(value['label_words'])} must match "
+                            f"label_names {value['label_names']}")
+
+
 # --- queries used by the Snakefile and the steps -------------------------------------------
 
 def task_spec(cfg: dict, task: str) -> dict:
