@@ -8,6 +8,7 @@ error is a :class:`UserError` naming the key and the bad value.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import re
@@ -32,7 +33,13 @@ _NO_DEFAULTS = (("tasks", "*", "prompt_tuning"),)
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The parsed schema (read once per process; treat it as read-only)."""
+    return _load_schema(SCHEMA_PATH)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_schema(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
