@@ -327,15 +327,15 @@ def check_efficient(cfg: dict, origin: str = "config") -> None:
 # --- specs handed to steps (``task_spec``/``model_spec`` as built below) ----------------------
 
 def check_spec(value: Any, kind: str, where: str) -> None:
-    """A step's ``task``/``model`` spec argument against the schema of a config entry with its
-    defaults filled and its ``name`` (what ``task_spec``/``model_spec`` return)."""
+    """A step's ``task``/``model`` spec argument against the schema of a config entry plus its
+    ``name`` (what ``task_spec``/``model_spec`` return). Absent keys with a default are filled in
+    place (a no-op for the specs the workflow passes: they come filled), so a hand-written spec works."""
     schema = load_schema()
     node = copy.deepcopy(schema["$defs"][kind])
     props = node["properties"]
     props.pop("prompt_tuning" if kind == "task" else "gpu_model", None)
     props["name"] = {"$ref": "#/$defs/name"}
-    node["required"] = sorted(set(node.get("required", [])) | {"name"} |
-                              {k for k, v in props.items() if "default" in v})
+    node["required"] = sorted(set(node.get("required", [])) | {"name"})
     node["$defs"] = schema["$defs"]
     if not isinstance(value, dict):
         raise UserError(f"{where}: a {kind} spec must be a mapping, got {type(value).__name__}")
@@ -343,6 +343,11 @@ def check_spec(value: Any, kind: str, where: str) -> None:
     errors = sorted(_Validator(node).iter_errors(value), key=lambda e: len(e.absolute_path))
     if errors:
         raise _schema_error(errors[0], where)
+    _fill_defaults(value, node, schema)
+    if kind == "task" and "demo" in value["source"]:
+        value["source"].setdefault("size", 600)
+    if kind == "task" and "path" in value["source"]:
+        value["source"].setdefault("split_field", None)
     if kind == "task":
         problem = template_problem(value["template"], len(value["text_fields"]))
         if problem:
