@@ -121,7 +121,7 @@ def check_plain_values(node: Any, origin: str = "config", path: tuple = ()) -> N
         return
     if isinstance(node, float) and not math.isfinite(node):
         raise UserError(f"{origin}: key '{_key(path)}': {node} is not a finite number; give a plain number")
-    if isinstance(node, (int, float)) and abs(node) > MAX_INT:
+    if isinstance(node, int) and abs(node) > MAX_INT:
         raise UserError(f"{origin}: key '{_key(path)}': {_shown(node)} is too large (limit {MAX_INT})")
     if isinstance(node, str) and "\x00" in node:
         raise UserError(f"{origin}: key '{_key(path)}': {_shown(node)} contains a NUL character")
