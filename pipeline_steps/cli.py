@@ -48,6 +48,65 @@ def resolve_step(name: str):
     return getattr(importlib.import_module(f"pipeline_steps.{module}"), func)
 
 
+_SIMPLE = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
+
+
+def _matches_annotation(value, annotation: str) -> bool:
+    """``value`` against a step's (string) annotation such as ``int``, ``str | None``, ``list[dict]``;
+    annotations it does not know (``os.PathLike``, ...) accept anything."""
+    for alt in (a.strip() for a in annotation.split("|")):
+        if alt == "None":
+            if value is None:
+                return True
+            continue
+        base, _, inner = alt.partition("[")
+        want = _SIMPLE.get(base)
+        if want is None:
+            return True
+        if isinstance(value, bool) and base in ("int", "float"):
+            continue
+        if isinstance(value, want):
+            if base == "list" and inner and inner[:-1] in _SIMPLE:  # list[str], list[dict], list[int]
+                return all(_matches_annotation(v, inner[:-1]) for v in value)
+            return True
+    return False
+
+
+def check_args(name: str, fn, kwargs) -> None:
+    """The step's argument check, before it runs: every required argument given, none unknown, each
+    of its annotated type, no empty text, numbers finite, task/model specs shaped like the config's.
+    A mistake is a UserError naming the step and the argument."""
+    from .config import check_plain_values, check_spec
+    from .errors import UserError
+
+    where = f"step {name}"
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{where}: --args must be a JSON object of keyword arguments, got {type(kwargs).__name__}")
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise UserError(f"{where}: unknown argument(s) {unknown}; it takes {', '.join(params)}")
+    missing = [p for p, par in params.items() if par.default is inspect.Parameter.empty
+               and par.kind in (par.KEYWORD_ONLY, par.POSITIONAL_OR_KEYWORD) and p not in kwargs]
+    if missing:
+        raise UserError(f"{where}: missing argument(s) {missing}")
+    for arg, value in kwargs.items():
+        at = f"{where}: argument '{arg}'"
+        annotation = params[arg].annotation
+        if isinstance(annotation, str) and not _matches_annotation(value, annotation):
+            shown = json.dumps(value, default=str)
+            shown = shown if len(shown) <= 60 else shown[:60] + "..."
+            raise UserError(f"{at} must be {annotation}, got {type(value).__name__} {shown}")
+        check_plain_values(value, at)
+        for text in ([value] if isinstance(value, str) else value if isinstance(value, list) else []):
+            if isinstance(text, str) and not text.strip():
+                raise UserError(f"{at}: empty text")
+        if arg == "spec" or arg.endswith(("_spec", "_specs")):
+            for i, spec in enumerate(value if isinstance(value, list) else [value]):
+                kind = "task" if isinstance(spec, dict) and ("template" in spec or "label_names" in spec) else "model"
+                check_spec(spec, kind, at + (f"[{i}]" if isinstance(value, list) else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
     from .runtime import setup_logging
@@ -67,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --args is not valid JSON: {e}", file=sys.stderr)
         return 2
     fn = resolve_step(ns.step)
-    if ns.threads is not None and "threads" in inspect.signature(fn).parameters:
+    if ns.threads is not None and isinstance(kwargs, dict) and "threads" in inspect.signature(fn).parameters:
         kwargs["threads"] = ns.threads
     start = time.perf_counter()
     try:
+        check_args(ns.step, fn, kwargs)
         fn(**kwargs)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # one line, whatever the message quotes (a value with a newline must not split it)
+        print("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return 2
     logging.getLogger("pipeline_steps").info("%s done in %.1f s", ns.step, time.perf_counter() - start)
     return 0

@@ -8,6 +8,8 @@ error is a :class:`UserError` naming the key and the bad value.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 import re
 import string
@@ -24,12 +26,20 @@ from .models.registry import BUILTIN_SOURCES, is_local_path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 TEMPLATE_FIELDS = {"text_a", "text_b", "mask"}
+MAX_INT = 2**53 - 1  # larger integers are not exact in JSON/float tools and mean a typo, not a setting
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
 # defaults are not filled below these (task-level overrides must stay sparse)
 _NO_DEFAULTS = (("tasks", "*", "prompt_tuning"),)
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The parsed schema (read once per process; treat it as read-only)."""
+    return _load_schema(SCHEMA_PATH)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_schema(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -87,6 +97,8 @@ def _schema_error(err: jsonschema.ValidationError, origin: str) -> UserError:
     err = jsonschema.exceptions.best_match([err])
     key = _key(err.absolute_path)
     msg = err.message
+    if len(msg) > 300:  # jsonschema quotes the whole value: keep the line readable
+        msg = f"{_shown(err.instance)} is invalid ({err.validator}: {_shown(err.validator_value)})"
     if err.validator == "pattern" and err.schema.get("description"):
         msg += f" ({err.schema['description']})"
     if err.validator == "oneOf" and isinstance(err.instance, dict):
@@ -95,10 +107,52 @@ def _schema_error(err: jsonschema.ValidationError, origin: str) -> UserError:
     return UserError(f"{origin}: key '{key}': {msg}")
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value for a one-line message: repr, newlines escaped, long values cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def check_plain_values(node: Any, origin: str = "config", path: tuple = ()) -> None:
+    """One walk over the whole config (every section, present and future): numbers finite and of
+    sane size, mapping keys text, strings without NUL characters. JSON-schema bounds cannot do the
+    first: every comparison with NaN is false, so ``lr: .nan`` passes ``exclusiveMinimum: 0``."""
+    if isinstance(node, bool):
+        return
+    if isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"{origin}: key '{_key(path)}': {node} is not a finite number; give a plain number")
+    if isinstance(node, int) and abs(node) > MAX_INT:
+        raise UserError(f"{origin}: key '{_key(path)}': {_shown(node)} is too large (limit {MAX_INT})")
+    if isinstance(node, str) and "\x00" in node:
+        raise UserError(f"{origin}: key '{_key(path)}': {_shown(node)} contains a NUL character")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise UserError(f"{origin}: key '{_key(path + (key,))}': keys must be text, got "
+                                f"{type(key).__name__} {_shown(key)} (quote it in YAML)")
+            check_plain_values(value, origin, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_plain_values(value, origin, path + (i,))
+
+
+def _is_int(checker, instance) -> bool:
+    """JSON schema's integer, minus integral floats (``steps: 2.0`` or ``1e30`` is not a count)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int))
+
+
 def validate(cfg: dict, origin: str = "config") -> dict:
     """Validate ``cfg`` (in place: defaults are filled) and return it."""
     schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    if not isinstance(cfg, dict):
+        raise UserError(f"{origin}: the config must be a mapping of keys to values, got {type(cfg).__name__}")
+    check_plain_values(cfg, origin)
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise _schema_error(errors[0], origin)
@@ -130,17 +184,9 @@ def _check_references(cfg: dict, origin: str) -> None:
                                 f"{exp[pool]}")
     for name, task in cfg["tasks"].items():
         where = f"{origin}: key 'tasks.{name}"
-        fields = {f for _, f, _, _ in string.Formatter().parse(task["template"]) if f is not None}
-        bad = fields - TEMPLATE_FIELDS
-        if bad:
-            raise UserError(f"{where}.template': unknown placeholder(s) {sorted(bad)}; "
-                            f"use {{text_a}}, {{text_b}} and {{mask}}")
-        if "text_a" not in fields:
-            raise UserError(f"{where}.template': the template must contain {{text_a}}")
-        if len(task["text_fields"]) == 2 and "text_b" not in fields:
-            raise UserError(f"{where}.template': a pair task (two text_fields) needs {{text_b}} in the template")
-        if len(task["text_fields"]) == 1 and "text_b" in fields:
-            raise UserError(f"{where}.template': {{text_b}} needs a second entry in text_fields")
+        problem = template_problem(task["template"], len(task["text_fields"]))
+        if problem:
+            raise UserError(f"{where}.template': {problem}")
         if set(task["label_words"]) != set(task["label_names"]):
             raise UserError(
                 f"{where}.label_words': keys {sorted(task['label_words'])} must match "
@@ -150,7 +196,7 @@ def _check_references(cfg: dict, origin: str) -> None:
             src.setdefault("size", 600)
         if "path" in src:
             src.setdefault("split_field", None)
-            if name in exp["tasks"] and not Path(src["path"]).exists():
+            if name in exp["tasks"] and not _path_test(Path(src["path"]).exists, f"{where}.source.path'"):
                 raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
                                 f"(relative paths are read from {Path.cwd()})")
     check_projector(cfg, origin)
@@ -158,11 +204,53 @@ def _check_references(cfg: dict, origin: str) -> None:
     check_kpt(cfg, origin)
     for name, model in cfg["models"].items():
         source = model["source"]
-        if is_local_path(source) and name in exp["models"] and not Path(source).expanduser().is_dir():
+        local = _path_test(lambda: is_local_path(source), f"{origin}: key 'models.{name}.source'")
+        if not local and not source.startswith(("embedded:", "tiny:")) and not _HUB_ID.match(source):
+            raise UserError(f"{origin}: key 'models.{name}.source': {_shown(source)} is neither a built-in model, "
+                            f"a local directory (start it with ./ or /) nor a hub id (owner/name)")
+        if local and name in exp["models"] and not _path_test(Path(source).expanduser().is_dir,
+                                                             f"{origin}: key 'models.{name}.source'"):
             raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist")
         if source.startswith(("embedded:", "tiny:")) and source not in BUILTIN_SOURCES:
             raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
                             f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
+
+
+def _path_test(test, where: str) -> bool:
+    """``test()`` (a file-system query) with an impossible path (too long, ...) as a UserError."""
+    try:
+        return bool(test())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: not a usable path ({type(e).__name__}: {_shown(str(e), 120)})") from None
+
+
+def template_problem(template: str, n_text_fields: int) -> str | None:
+    """What is wrong with a prompt template, or None: exactly one ``{mask}``, ``{text_a}`` once,
+    ``{text_b}`` once for a pair task (two text_fields) and never otherwise, nothing else in braces
+    (write a literal brace as ``{{`` or ``}}``). Shared by the config check and tokenisation."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        return f"{_shown(template)} is not a valid template ({e}); write a literal brace as {{{{ or }}}}"
+    fields = [(f, spec, conv) for _, f, spec, conv in parsed if f is not None]
+    names = [f for f, _, _ in fields]
+    bad = sorted({f for f in names if f not in TEMPLATE_FIELDS})
+    if bad:
+        return f"unknown placeholder(s) {bad}; use {{text_a}}, {{text_b}} and {{mask}}"
+    styled = sorted({f for f, spec, conv in fields if spec or conv})
+    if styled:
+        return f"placeholder(s) {styled} carry a format spec or conversion ('!' or ':'); write plain {{name}}"
+    if names.count("mask") != 1:
+        return (f"the template must contain {{mask}} exactly once (the one position the verbalizer reads), "
+                f"found {names.count('mask')}")
+    if names.count("text_a") != 1:
+        return f"the template must contain {{text_a}} exactly once, found {names.count('text_a')}"
+    if n_text_fields == 2 and names.count("text_b") != 1:
+        return (f"a pair task (two text_fields) needs {{text_b}} exactly once in the template, "
+                f"found {names.count('text_b')}")
+    if n_text_fields == 1 and "text_b" in names:
+        return "{text_b} needs a second entry in text_fields"
+    return None
 
 
 # --- cross-checks of the method sections (the schema checks their types) ---------------------
@@ -274,6 +362,39 @@ def check_kpt(cfg: dict, origin: str = "config") -> None:
                 if missing:
                     raise UserError(f"{where}.polarity': no polarity (1, -1 or 0) for classes {missing} of task "
                                     f"'{task}' that uses it")
+
+
+# --- specs handed to steps (``task_spec``/``model_spec`` as built below) ----------------------
+
+def check_spec(value: Any, kind: str, where: str) -> None:
+    """A step's ``task``/``model`` spec argument against the schema of a config entry plus its
+    ``name`` (what ``task_spec``/``model_spec`` return). Absent keys with a default are filled in
+    place (a no-op for the specs the workflow passes: they come filled), so a hand-written spec works."""
+    schema = load_schema()
+    node = copy.deepcopy(schema["$defs"][kind])
+    props = node["properties"]
+    props.pop("prompt_tuning" if kind == "task" else "gpu_model", None)
+    props["name"] = {"$ref": "#/$defs/name"}
+    node["required"] = sorted(set(node.get("required", [])) | {"name"})
+    node["$defs"] = schema["$defs"]
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: a {kind} spec must be a mapping, got {type(value).__name__}")
+    check_plain_values(value, where)
+    errors = sorted(_Validator(node).iter_errors(value), key=lambda e: len(e.absolute_path))
+    if errors:
+        raise _schema_error(errors[0], where)
+    _fill_defaults(value, node, schema)
+    if kind == "task" and "demo" in value["source"]:
+        value["source"].setdefault("size", 600)
+    if kind == "task" and "path" in value["source"]:
+        value["source"].setdefault("split_field", None)
+    if kind == "task":
+        problem = template_problem(value["template"], len(value["text_fields"]))
+        if problem:
+            raise UserError(f"{where}: key 'template': {problem}")
+        if set(value["label_words"]) != set(value["label_names"]):
+            raise UserError(f"{where}: key 'label_words': keys {sorted(value['label_words'])} must match "
+                            f"label_names {value['label_names']}")
 
 
 # --- queries used by the Snakefile and the steps -------------------------------------------

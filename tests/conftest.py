@@ -49,3 +49,21 @@ def minimal_config() -> dict:
                         "label_words": {"negative": ["bad"], "positive": ["good"]}}},
         "experiment": {"tasks": ["t"], "models": ["m"], "seeds": [1]},
     })
+
+
+# --- hypothesis profiles of the robustness fuzz tests (docs/robustness.md) ----------------------
+# ci (default): derandomised (a fixed seed per test), a few hundred examples, under a minute;
+# large: HYPOTHESIS_PROFILE=large, a fresh random run with thousands of examples, by hand.
+try:
+    import os as _os
+
+    from hypothesis import HealthCheck, settings as _hsettings
+
+    _common = dict(deadline=None, database=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                          HealthCheck.function_scoped_fixture])
+    _hsettings.register_profile("ci", max_examples=150, derandomize=True, **_common)
+    _hsettings.register_profile("large", max_examples=2500, derandomize=False, **_common)
+    _hsettings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the fuzz tests skip themselves (pytest.importorskip)
+    pass

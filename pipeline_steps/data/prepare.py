@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import _shown as shown
 from ..errors import UserError
 from ..io import stable_hash, write_parquet
 from . import demo
@@ -27,26 +28,34 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", "
 def read_local(path: str, fmt: str | None = None) -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/Parquet file strictly (UTF-8), with errors naming the file."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"{path}: data file not found")
+    try:
+        found = p.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the file system, ...
+        raise UserError(f"{shown(path)}: not a usable file name ({type(e).__name__})") from None
+    if not found:
+        raise UserError(f"{path}: data file not found" + (" (it is a folder)" if p.is_dir() else ""))
     fmt = fmt or _FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: cannot tell the format from the extension '{p.suffix}'; "
                         f"set source.format to one of csv, tsv, jsonl, parquet")
     try:
         if fmt in ("csv", "tsv"):
-            df = pd.read_csv(p, sep="," if fmt == "csv" else "\t", encoding="utf-8", encoding_errors="strict",
+            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+            df = pd.read_csv(p, sep="," if fmt == "csv" else "\t", encoding="utf-8-sig", encoding_errors="strict",
                              keep_default_na=False, dtype=str)
         elif fmt == "jsonl":
-            df = pd.read_json(p, lines=True, encoding="utf-8", dtype=False)
+            df = pd.read_json(p, lines=True, encoding="utf-8-sig", dtype=False)
         else:
             df = pd.read_parquet(p)
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not valid UTF-8 text (byte {e.start}: {e.reason}); re-save the file as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty") from None
-    except (ValueError, pd.errors.ParserError, OSError) as e:
-        raise UserError(f"{path}: cannot be read as {fmt}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # the readers' own errors (pandas, pyarrow, json) all mean: not this format
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: cannot be read as {fmt}: {shown(first, 200)[1:-1]}") from None
+    if not isinstance(df, pd.DataFrame):  # JSON lines that are not objects
+        raise UserError(f"{path}: cannot be read as {fmt}: each line must be a JSON object")
     if len(df) == 0:
         raise UserError(f"{path}: the file has no rows")
     return df
@@ -83,23 +92,26 @@ def load_raw(spec: dict) -> tuple[pd.DataFrame, str, str | None]:
 
 # --- normalisation ---------------------------------------------------------------------------
 
-def _label_index(values: pd.Series, names: list[str], origin: str, field: str) -> np.ndarray:
+def _label_index(values: pd.Series, names: list[str], origin: str, field: str, rows: np.ndarray) -> np.ndarray:
+    """``rows``: the source row number of each value (for messages)."""
     lookup = {n: i for i, n in enumerate(names)}
     out = np.empty(len(values), dtype=np.int64)
-    for row, v in enumerate(values.tolist()):
-        key = str(v).strip() if not isinstance(v, (int, np.integer)) else v
+    for pos, (row, v) in enumerate(zip(rows.tolist(), values.tolist())):
+        if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+            v = int(v)  # an integer column with a missing value is read as floats: 1.0 means 1
+        key = str(v).strip() if not isinstance(v, (int, np.integer)) or isinstance(v, bool) else v
         if isinstance(key, str) and key in lookup:
-            out[row] = lookup[key]
+            out[pos] = lookup[key]
             continue
         try:
             as_int = int(key)
         except (TypeError, ValueError):
             as_int = None
         if as_int is not None and 0 <= as_int < len(names) and str(as_int) == str(key):
-            out[row] = as_int
+            out[pos] = as_int
             continue
-        raise UserError(f"{origin}: row {row}: label '{v}' in column '{field}' is not one of the "
-                        f"label_names {names} (nor an index 0..{len(names) - 1})")
+        raise UserError(f"{origin}: row {row}: label {shown(v)} in column '{field}' is not one of the "
+                        f"label_names {shown(names, 200)} (nor an index 0..{len(names) - 1})")
     return out
 
 
@@ -107,7 +119,10 @@ def normalise(raw: pd.DataFrame, spec: dict, origin: str, split_col: str | None)
     fields = list(spec["text_fields"]) + [spec["label_field"]] + ([split_col] if split_col else [])
     missing = [f for f in fields if f not in raw.columns]
     if missing:
-        raise UserError(f"{origin}: missing column(s) {missing}; the file has {list(raw.columns)}")
+        raise UserError(f"{origin}: missing column(s) {missing}; the file has {shown(list(raw.columns), 300)}")
+    twice = sorted({str(c) for c in raw.columns[raw.columns.duplicated()]} & {str(f) for f in fields})
+    if twice:
+        raise UserError(f"{origin}: column(s) {twice} appear more than once; keep one of each")
     raw = raw.reset_index(drop=True)
     raw["__idx"] = np.arange(len(raw), dtype=np.int64)
     ignore = {str(v) for v in spec.get("ignore_labels", [])}
@@ -122,15 +137,19 @@ def normalise(raw: pd.DataFrame, spec: dict, origin: str, split_col: str | None)
         if empty.any():
             row = int(raw["__idx"][empty].iloc[0])
             raise UserError(f"{origin}: row {row}: empty text in column '{field}' ({int(empty.sum())} such rows)")
+        if text.map(lambda v: isinstance(v, (dict, list, np.ndarray))).any():
+            row = int(raw["__idx"][text.map(lambda v: isinstance(v, (dict, list, np.ndarray)))].iloc[0])
+            raise UserError(f"{origin}: row {row}: column '{field}' holds a list or mapping, not text")
         out[col] = text.astype(str).to_numpy()
     if "text_b" not in out:
         out["text_b"] = ""
-    out["label"] = _label_index(raw[spec["label_field"]], spec["label_names"], origin, spec["label_field"])
+    out["label"] = _label_index(raw[spec["label_field"]], spec["label_names"], origin, spec["label_field"],
+                                raw["__idx"].to_numpy())
     if split_col:
         values = raw[split_col].astype(str).str.strip().str.lower()
         bad = sorted(set(values) - set(_SPLIT_ALIASES))
         if bad:
-            raise UserError(f"{origin}: column '{split_col}' has unknown split name(s) {bad}; "
+            raise UserError(f"{origin}: column '{split_col}' has unknown split name(s) {shown(bad, 200)}; "
                             f"use train, dev (or validation) and test")
         out["split"] = values.map(_SPLIT_ALIASES).to_numpy()
     else:
@@ -176,7 +195,7 @@ def assign_splits(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
         part = df[df["split"] == split]
         cap = spec.get(f"max_{split}")
         keep = part.index.to_numpy()
-        if k and split in ("train", "dev"):
+        if k and split in ("train", "dev") and len(part):
             keep = np.sort(np.concatenate([
                 g.index.to_numpy()[rng.permutation(len(g))][:k] for _, g in part.groupby("label", sort=True)]))
         elif cap and len(part) > cap:

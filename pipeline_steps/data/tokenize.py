@@ -13,6 +13,7 @@ import string
 import numpy as np
 import pandas as pd
 
+from ..config import template_problem
 from ..errors import UserError
 from ..io import read_parquet, stable_hash, write_parquet
 
@@ -49,7 +50,12 @@ def parse_template(template: str) -> list[tuple[str, str]]:
 
 
 class TemplateEncoder:
-    def __init__(self, tokenizer, template: str, max_length: int):
+    def __init__(self, tokenizer, template: str, max_length: int, n_text_fields: int | None = None):
+        if n_text_fields is None:
+            n_text_fields = 2 if "{text_b}" in template else 1
+        problem = template_problem(template, n_text_fields)
+        if problem:  # the config check refuses these first; this guards direct calls
+            raise UserError(f"template {template!r}: {problem}")
         self.tok = tokenizer
         self.parts = parse_template(template)
         self.max_length = max_length
@@ -90,8 +96,9 @@ class TemplateEncoder:
         return ids, mask_pos
 
 
-def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int) -> pd.DataFrame:
-    enc = TemplateEncoder(tokenizer, template, max_length)
+def tokenize_frame(df: pd.DataFrame, tokenizer, template: str, max_length: int,
+                   n_text_fields: int | None = None) -> pd.DataFrame:
+    enc = TemplateEncoder(tokenizer, template, max_length, n_text_fields)
     ids, pos = zip(*(enc.encode(a, b) for a, b in zip(df["text_a"], df["text_b"])))
     return pd.DataFrame({
         "idx": df["idx"].to_numpy(),
@@ -108,7 +115,8 @@ def run(data_path: str, output: str, model_spec: dict, task_spec: dict, max_leng
 
     tok = load_tokenizer(model_spec)
     check_label_words(tok, task_spec, model_spec["name"])  # fails here, long before any training
-    df = tokenize_frame(read_parquet(data_path), tok, task_spec["template"], max_length)
+    df = tokenize_frame(read_parquet(data_path), tok, task_spec["template"], max_length,
+                        len(task_spec["text_fields"]))
     write_parquet(df, output, metadata={
         "step": "tokenize", "task": task_spec["name"], "model": model_spec["name"], "max_length": max_length,
         "spec_hash": stable_hash([task_spec, model_spec, max_length])})
