@@ -276,3 +276,19 @@ def test_late_prompt_learns_on_a_real_encoder():
     _, state, _ = train_module(model, data, data, cfg, seed=0, metric="accuracy", device="cpu")
     assert state.best_score >= 0.9
     assert state.curve[-1]["loss"] < state.curve[0]["loss"]
+
+
+def test_lpt_run_refuses_an_insert_layer_beyond_the_depth_before_loading_weights(tiny_spec, tmp_path, monkeypatch):
+    from pipeline_steps.errors import UserError
+
+    def no_load(*a, **k):
+        raise AssertionError("the weights must not load for a bad insert layer")
+
+    monkeypatch.setattr(lpt_steps, "load_bundle", no_load)
+    late = {"generator": "npg", "insert_layer": 100, "prompt_length": 4, "bottleneck": 8}
+    out = {k: str(tmp_path / f) for k, f in [("weights", "w.safetensors"), ("curve", "c.parquet"), ("meta", "m.json"),
+                                             ("predictions", "p.parquet"), ("scores", "s.json")]}
+    with pytest.raises(UserError, match=r"LPT lpt_npg on 'tiny-bert': insert_layer 100 is outside 0 \.\. 1"):
+        lpt_steps.lpt_run(model_spec=tiny_spec("bert"), task_spec=TASK, settings={"prompt_length": 4}, seed=1,
+                          method="lpt_npg", tokenized=str(tmp_path / "tok.parquet"), late=late, **out)
+    assert not list(tmp_path.iterdir())

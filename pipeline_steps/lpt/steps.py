@@ -12,6 +12,7 @@ import torch
 from ..errors import UserError
 from ..flops import Meter, ModelDims, peak_memory
 from ..io import save_tensors, stable_hash, write_json, write_parquet
+from ..models.registry import load_model_config
 from ..prompt_tuning.config import PromptTuningConfig
 from ..prompt_tuning.model import init_prompt
 from ..prompt_tuning.steps import check_lengths
@@ -103,6 +104,11 @@ def profile_steps(model, train: TokenizedSplit, cfg: PromptTuningConfig, device,
             "device": str(device)}
 
 
+def config_depth(model_config) -> int:
+    """Number of layers of the stack the late prompt enters (T5: the encoder's), from the HF config."""
+    return int(getattr(model_config, "num_hidden_layers", None) or model_config.num_layers)
+
+
 def lpt_run(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, method: str, tokenized: str,
             weights: str, curve: str, meta: str, predictions: str, scores: str, late: dict | None = None,
             profile: int = 10, checkpoint: str | None = None, threads: int = 1) -> dict:
@@ -111,6 +117,12 @@ def lpt_run(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, met
     set_threads(threads)
     seed_everything(seed)
     cfg = PromptTuningConfig.from_dict(settings)
+    if late is not None:  # the insert layer against the model's depth, before the weights load
+        depth = config_depth(load_model_config(model_spec))
+        try:
+            LatePromptConfig.from_dict(late).layer(depth)
+        except ValueError as e:
+            raise UserError(f"LPT {method} on '{model_spec['name']}': {e}") from None
     bundle = load_bundle(model_spec)
     if late is None:
         check_lengths(bundle, cfg, model_spec["name"])
