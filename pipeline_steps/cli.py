@@ -48,7 +48,7 @@ def resolve_step(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
-    from .runtime import setup_logging
+    from .logsetup import setup_logging  # not runtime: that imports torch
 
     parser = argparse.ArgumentParser(prog="python -m pipeline_steps", description=__doc__.splitlines()[0])
     parser.add_argument("step", help="one of: " + ", ".join(sorted(STEPS)))

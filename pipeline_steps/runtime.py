@@ -5,29 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .logsetup import setup_logging  # noqa: F401  (kept importable from here)
 from .models.backbone import Backbone
 from .models.registry import load_hf_model, load_tokenizer
 from .verbalizers import Verbalizer, build_verbalizer
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:  # one log line per event, not a progress bar per weight-loading call
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:
-        pass
 
 
 def set_threads(n: int) -> None:
