@@ -110,14 +110,15 @@ def score(preds: np.ndarray, labels: np.ndarray, metric: str, num_classes: int) 
 
 
 @torch.inference_mode()
-def predict(model, data: TokenizedSplit, batch_size: int, device, prompt=None, amp=None) -> np.ndarray:
+def predict(model, data: TokenizedSplit, batch_size: int, device, prompt=None, amp=None,
+            sort_by_length: bool = True) -> np.ndarray:
     """Class logits ``[N, C]`` for a split, in its row order.
 
     Rows are batched in order of length (less padding to compute) and the logits put back in the
     split's order; padding is masked, so a row's logits do not depend on its batch (up to float
     rounding)."""
     model.eval()
-    order = np.argsort(data.lengths(), kind="stable")
+    order = np.argsort(data.lengths(), kind="stable") if sort_by_length else np.arange(len(data))
     out = []
     for b in data.batches(batch_size, device, order):
         with amp or torch.autocast("cpu", enabled=False):
