@@ -167,7 +167,7 @@ def run_ours(way: str, args, tokens: Path) -> dict:
     data = training.load_splits(str(tokens), training.pad_id(bundle.tokenizer))
     model = PromptModel(bundle.backbone, bundle.verbalizer(TASK), initial_prompt(bundle, args.prompt_length))
     if compile_:
-        model.backbone.hf = torch.compile(model.backbone.hf, dynamic=True)
+        model.forward = torch.compile(model.forward, dynamic=True)  # the whole forward: prompt, encoder, verbalizer
     cfg = settings(args)
     cfg.bucket_batches = bucket
     amp = autocast(bundle.spec, bundle.device)
