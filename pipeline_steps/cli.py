@@ -109,7 +109,7 @@ def check_args(name: str, fn, kwargs) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
-    from .runtime import setup_logging
+    from .logsetup import setup_logging  # not runtime: that imports torch
 
     parser = argparse.ArgumentParser(prog="python -m pipeline_steps", description=__doc__.splitlines()[0])
     parser.add_argument("step", help="one of: " + ", ".join(sorted(STEPS)))

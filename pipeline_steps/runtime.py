@@ -5,29 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .logsetup import setup_logging  # noqa: F401  (kept importable from here)
 from .models.backbone import Backbone
 from .models.registry import load_hf_model, load_tokenizer
 from .verbalizers import Verbalizer, build_verbalizer
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:  # one log line per event, not a progress bar per weight-loading call
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:
-        pass
 
 
 def set_threads(n: int) -> None:
@@ -66,11 +55,26 @@ def resolve_device(spec: dict) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX): where it does not, bf16
+    autocast would be emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(spec: dict, device: torch.device):
-    """Mixed precision on CUDA when the model's dtype asks for it; a no-op otherwise."""
+    """Mixed precision when the model's dtype asks for it: on CUDA, and bfloat16 on CPUs with native
+    bf16 (float32 with a warning elsewhere); a no-op for float32."""
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(spec.get("dtype", "float32"))
     if device.type == "cuda" and dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and dtype is torch.bfloat16:
+        if cpu_bf16_supported():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        log.warning("model '%s' asks for dtype bfloat16, but this CPU has no native bf16: running in float32",
+                    spec.get("name"))
     return torch.autocast("cpu", enabled=False)
 
 

@@ -53,10 +53,38 @@ class TokenizedSplit:
             "labels": torch.from_numpy(self.labels[rows].astype(np.int64)).to(device),
         }
 
-    def batches(self, batch_size: int, device):
-        order = np.arange(len(self))
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(s) for s in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def batches(self, batch_size: int, device, order: np.ndarray | None = None):
+        order = np.arange(len(self)) if order is None else order
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start:start + batch_size], device)
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, window: int = 0) -> list[np.ndarray]:
+    """Rows of every batch of one training epoch: a pure function of (seed, epoch), so a resumed run
+    draws exactly the batches an uninterrupted one would.
+
+    ``window == 0``: consecutive slices of a seeded permutation (``len // batch_size`` full batches; the
+    remainder waits for another epoch). ``window > 0``: length-bucketed; the permutation is cut into
+    windows of ``window`` batches, each window sorted by length (stable) and cut into batches, and the
+    order of all batches is shuffled (seeded); every example is in exactly one batch (one may be short).
+    Batches then hold texts of similar length, so less padding is computed.
+    """
+    n = len(lengths)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).numpy()
+    if window <= 0:
+        return [order[i * batch_size:(i + 1) * batch_size] for i in range(max(1, n // batch_size))]
+    span = window * batch_size
+    batches = []
+    for start in range(0, n, span):
+        part = order[start:start + span]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919))
+    return [batches[i] for i in shuffle.tolist()]
 
 def load_splits(tokenized: str, pad_id: int, splits=("train", "dev", "test")) -> dict[str, TokenizedSplit]:
     df = read_parquet(tokenized)
@@ -81,16 +109,25 @@ def score(preds: np.ndarray, labels: np.ndarray, metric: str, num_classes: int) 
     raise ValueError(f"unknown metric {metric}")
 
 
-@torch.no_grad()
-def predict(model, data: TokenizedSplit, batch_size: int, device, prompt=None, amp=None) -> np.ndarray:
-    """Class logits ``[N, C]`` for a split, in its row order."""
+@torch.inference_mode()
+def predict(model, data: TokenizedSplit, batch_size: int, device, prompt=None, amp=None,
+            sort_by_length: bool = True) -> np.ndarray:
+    """Class logits ``[N, C]`` for a split, in its row order.
+
+    Rows are batched in order of length (less padding to compute) and the logits put back in the
+    split's order; padding is masked, so a row's logits do not depend on its batch (up to float
+    rounding)."""
     model.eval()
+    order = np.argsort(data.lengths(), kind="stable") if sort_by_length else np.arange(len(data))
     out = []
-    for b in data.batches(batch_size, device):
+    for b in data.batches(batch_size, device, order):
         with amp or torch.autocast("cpu", enabled=False):
             logits = model(b["input_ids"], b["attention_mask"], b["mask_pos"], prompt=prompt)
         out.append(logits.float().cpu())
-    return torch.cat(out).numpy()
+    logits = torch.cat(out).numpy()
+    result = np.empty_like(logits)
+    result[order] = logits
+    return result
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -250,18 +287,18 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
             log.warning("%s: ignoring unusable checkpoint (%s)", describe, e)
             state = TrainState()
     num_classes = model.verbalizer.num_classes
-    # the sampler is a pure function of (seed, step): epoch e uses its own seeded permutation,
-    # so a resumed run draws exactly the batches an uninterrupted one would
-    per_epoch = max(1, len(train) // cfg.batch_size)
-    order, order_epoch = None, -1
+    # the sampler is a pure function of (seed, step): epoch e uses its own seeded batches
+    # (epoch_batches), so a resumed run draws exactly the batches an uninterrupted one would
+    lengths = train.lengths()
+    per_epoch = len(epoch_batches(lengths, cfg.batch_size, seed, 0, cfg.bucket_batches))
+    batches, order_epoch = None, -1
     t0 = time.perf_counter() - state.elapsed
     last_loss = float("nan")
     while state.step < cfg.steps:
         epoch, pos = divmod(state.step, per_epoch)
         if epoch != order_epoch:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            order, order_epoch = torch.randperm(len(train), generator=g), epoch
-        rows = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size].numpy()
+            batches, order_epoch = epoch_batches(lengths, cfg.batch_size, seed, epoch, cfg.bucket_batches), epoch
+        rows = batches[pos]
         last_loss = training_step(model, train.batch(rows, device), optimizer, params, lr_at(state.step, cfg),
                                   cfg.grad_clip, amp=amp,
                                   on_nan=f"{describe}: loss is {{loss}} at step {state.step + 1}; "

@@ -22,3 +22,4 @@ class PromptTuningConfig(Settings):
     warmup_steps: int = 0
     grad_clip: float = 1.0
     checkpoint_every: int = 50
+    bucket_batches: int = 0  # >0: length-bucketed batches, sorted within windows of this many batches

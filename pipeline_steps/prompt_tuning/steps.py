@@ -92,8 +92,12 @@ def train(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, token
 
 
 def evaluate(*, model_spec: dict, task_spec: dict, prompt: str, tokenized: str, predictions: str,
-             scores: str, batch_size: int = 64, threads: int = 1, split: str = "test") -> dict:
-    """Score a prompt on a task's split; write per-example predictions (Parquet) and scores (JSON)."""
+             scores: str, batch_size: int = 64, threads: int = 1, split: str = "test",
+             peft_dir: str | None = None) -> dict:
+    """Score a prompt on a task's split; write per-example predictions (Parquet) and scores (JSON).
+
+    ``peft_dir``: also export the prompt there as a PEFT adapter, with the model already loaded
+    (one job and one model load instead of two)."""
     set_threads(threads)
     bundle = load_bundle(model_spec)
     tensor, meta = load_prompt(prompt)
@@ -114,4 +118,8 @@ def evaluate(*, model_spec: dict, task_spec: dict, prompt: str, tokenized: str, 
     write_json(result, scores)
     log.info("%s/%s: %s %s = %.4f (n=%d)", model_spec["name"], task_spec["name"], split, task_spec["metric"],
              value, len(preds))
+    if peft_dir:
+        from ..transferability.peft_export import write_adapter
+
+        write_adapter(bundle.backbone.hf, tensor, meta, model_spec, prompt, peft_dir)
     return result

@@ -10,7 +10,34 @@ goes to the encoder only, as in our model).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
+
+from ..io import write_json
+from ..models.build import atomic_dir
+from ..models.registry import resolve
+
+log = logging.getLogger(__name__)
+
+
+def write_adapter(hf_model, prompt: torch.Tensor, meta: dict, model_spec: dict, prompt_path: str, out_dir: str) -> dict:
+    """Write ``prompt`` as ``adapter_config.json`` + ``adapter_model.safetensors`` (+ our provenance) into
+    ``out_dir``, atomically. ``hf_model`` is wrapped in place by PEFT: use it for nothing else afterwards."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(hf_model, peft_config_for(hf_model, prompt.shape[0], resolve(model_spec)))
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)
+    info = {"step": "export_peft", "prompt": prompt_path, "model_source": model_spec["source"],
+            "model": meta.get("model"), "task": meta.get("task"), "seed": meta.get("seed"),
+            "verbalizer": meta.get("verbalizer"), "config_hash": meta.get("config_hash"),
+            "note": "predictions need this project's verbalizer on top of the PEFT model's outputs"}
+    with atomic_dir(out_dir) as tmp:
+        peft_model.save_pretrained(tmp)
+        write_json(info, tmp / "provenance.json")
+    log.info("exported %s as a PEFT adapter to %s", prompt_path, out_dir)
+    return info
 
 
 def peft_config_for(hf_model, num_virtual_tokens: int, base_name: str):

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..io import save_tensors, stable_hash, write_json, write_parquet
-from ..models.build import atomic_dir
-from ..models.registry import load_hf_model, resolve
+from ..models.registry import load_hf_model
 from ..prompt_tuning.model import load_prompt
 from ..runtime import autocast, load_bundle, seed_everything, set_threads
 from ..training import load_splits, pad_id, score
@@ -33,7 +32,7 @@ from .indicators import (
     run_key,
 )
 from .model import ProjectedPromptModel, PromptProjector
-from .peft_export import peft_config_for
+from .peft_export import write_adapter
 from .projection import (
     _stack_prompts,
     fit_distance,
@@ -312,19 +311,9 @@ def evaluate_projection(*, target_spec: dict, task_spec: dict, projector: str, s
 
 
 def export_peft(*, model_spec: dict, prompt: str, out_dir: str) -> dict:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (+ our provenance) into ``out_dir``."""
-    from peft import get_peft_model
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (+ our provenance) into ``out_dir``.
 
+    The workflow exports while evaluating (``evaluate-prompt`` with ``peft_dir``: one model load); this
+    step is the stand-alone way."""
     tensor, meta = load_prompt(prompt)
-    hf = load_hf_model(model_spec)
-    peft_model = get_peft_model(hf, peft_config_for(hf, tensor.shape[0], resolve(model_spec)))
-    with torch.no_grad():
-        peft_model.prompt_encoder["default"].embedding.weight.copy_(tensor)
-    info = {"step": "export_peft", "prompt": prompt, "model_source": model_spec["source"], "model": meta.get("model"), "task": meta.get("task"),
-            "seed": meta.get("seed"), "verbalizer": meta.get("verbalizer"), "config_hash": meta.get("config_hash"),
-            "note": "predictions need this project's verbalizer on top of the PEFT model's outputs"}
-    with atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(tmp)
-        write_json(info, tmp / "provenance.json")
-    log.info("exported %s as a PEFT adapter to %s", prompt, out_dir)
-    return info
+    return write_adapter(load_hf_model(model_spec), tensor, meta, model_spec, prompt, out_dir)

@@ -20,6 +20,24 @@ try:
 except UserError as e:
     raise WorkflowError(str(e)) from None
 
+
+def _per_name(query):
+    """``query(config, name)`` computed once per name: input functions and params call these for every
+    job (thousands in a large grid), and the config does not change while Snakemake plans. Callers only
+    read the result (params go through ``args``), so one shared dict per name is safe."""
+    memo = {}
+
+    def cached(cfg, name):
+        key = (id(cfg), name)
+        if key not in memo:
+            memo[key] = query(cfg, name)
+        return memo[key]
+
+    return cached
+
+
+task_spec, model_spec, pt_settings = _per_name(task_spec), _per_name(model_spec), _per_name(pt_settings)
+
 EXP = config["experiment"]
 TASKS, MODELS, SEEDS = EXP["tasks"], EXP["models"], EXP["seeds"]
 THREADS = config["threads"]

@@ -38,6 +38,8 @@ rule train_prompt:
 
 
 rule evaluate_prompt:
+    """Test score of a prompt, and the prompt as a PEFT prompt-tuning adapter (PeftModel.from_pretrained
+    on the same base model): both need the model loaded, so one job does both."""
     input:
         prompt=f"{PROMPT}/prompt.safetensors",
         tokens=TOKENS,
@@ -45,6 +47,8 @@ rule evaluate_prompt:
     output:
         predictions=f"{EVAL}/predictions.parquet",
         scores=f"{EVAL}/scores.json",
+        peft_config=f"{PROMPT}/peft/adapter_config.json",
+        peft_weights=f"{PROMPT}/peft/adapter_model.safetensors",
     params:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
@@ -54,6 +58,7 @@ rule evaluate_prompt:
             predictions=fmt(f"{EVAL}/predictions.parquet", w),
             scores=fmt(f"{EVAL}/scores.json", w),
             batch_size=pt_settings(config, w.task)["eval_batch_size"],
+            peft_dir=fmt(f"{PROMPT}/peft", w),
         ),
     conda:
         ENV_FILE
@@ -107,34 +112,6 @@ rule summarise_prompts:
         runtime=10,
     shell:
         step("summarise-prompts")
-
-
-rule export_peft:
-    """The prompt as a PEFT prompt-tuning adapter (PeftModel.from_pretrained on the same base model)."""
-    input:
-        prompt=f"{PROMPT}/prompt.safetensors",
-        model=lambda w: model_inputs(w.model),
-    output:
-        config=f"{PROMPT}/peft/adapter_config.json",
-        weights=f"{PROMPT}/peft/adapter_model.safetensors",
-    params:
-        args=lambda w: args(
-            model_spec=model_spec(config, w.model),
-            prompt=fmt(f"{PROMPT}/prompt.safetensors", w),
-            out_dir=fmt(f"{PROMPT}/peft", w),
-        ),
-    conda:
-        ENV_FILE
-    log:
-        log_path("export_peft", "{model}-{task}-seed{seed}"),
-    benchmark:
-        bench_path("export_peft", "{model}-{task}-seed{seed}")
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=10,
-    shell:
-        step("export-peft")
 
 
 rule source_prompts:
