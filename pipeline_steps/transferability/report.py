@@ -13,6 +13,7 @@ from ..figures import pyplot, save_figure
 from ..io import parquet_provenance, read_json, read_parquet, stable_hash, write_parquet
 from .config import (
     ALL_LAYERS,
+    BOOTSTRAP_RESAMPLES,
     CORRELATION_COLUMNS,
     EMBEDDING_INDICATORS,
     INPUT_LAYERS,
@@ -45,40 +46,75 @@ def init_speedup(curve_init: pd.DataFrame, curve_random: pd.DataFrame, fraction:
 
 def zero_shot_table(*, inputs: list[str], table: str, heatmap: str) -> "pd.DataFrame":
     """Concatenate the per-target results; relative_score = score / the target's own prompt's score
-    (same model and seed); a heatmap of relative scores (mean over seeds) per model."""
+    (same model and seed); transfer_gain = (score - random) / (own - random) with the random-prompt
+    floor = mean over the random seeds (same model and target), NaN where own <= random; the mean,
+    std and 95% t interval over seeds per (model, source, target); heatmaps of relative scores and
+    gains (mean over seeds) per model."""
     from ..io import read_parquet, stable_hash, write_parquet
+    from ..stats import add_seed_stats, transfer_gain
 
     df = pd.concat([read_parquet(p) for p in inputs], ignore_index=True)
     own = df[df["source_task"] == df["target_task"]].set_index(["model", "target_task", "seed"])["score"]
     key = pd.MultiIndex.from_frame(df[["model", "target_task", "seed"]])
     df["relative_score"] = df["score"].to_numpy() / own.reindex(key).to_numpy()
+    floor = df[df["source_task"] == "random"].groupby(["model", "target_task"])["score"].mean()
+    df["own_score"] = own.reindex(key).to_numpy()
+    df["random_score"] = floor.reindex(pd.MultiIndex.from_frame(df[["model", "target_task"]])).to_numpy()
+    df["transfer_gain"] = transfer_gain(df["score"], df["random_score"], df["own_score"])
     df = df.sort_values(["model", "target_task", "source_task", "seed"]).reset_index(drop=True)
-    write_parquet(df, table, metadata={"step": "zero_shot_table", "inputs_hash": stable_hash(df.to_dict("list"))})
+    df = add_seed_stats(df, ["model", "source_task", "target_task"], ["score", "transfer_gain"])
+    write_parquet(df, table, metadata={"step": "zero_shot_table", "inputs_hash": stable_hash(df.to_dict("list")),
+                                       "interval": "95% Student t over seeds",
+                                       "transfer_gain": "(score - random) / (own - random); random = mean over "
+                                                        "random seeds; NaN where own <= random"})
     plot_heatmaps(df, heatmap)
     return df
 
 
 def plot_heatmaps(df: "pd.DataFrame", path: str) -> None:
+    """Per model: relative score (top) and transfer gain (bottom), mean over seeds; with several
+    seeds each gain cell also shows the half-width of its 95% interval."""
     plt = pyplot()
 
     models = sorted(df["model"].unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 4.2), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        m = df[df["model"] == model].pivot_table(index="source_task", columns="target_task",
-                                                 values="relative_score", aggfunc="mean")
-        order = [t for t in m.columns if t in m.index] + [t for t in m.index if t not in m.columns]
-        m = m.reindex(order)
-        im = ax.imshow(m.to_numpy(), cmap="viridis", vmin=0, vmax=max(1.0, float(m.max().max())))
-        ax.set_xticks(range(len(m.columns)), m.columns, rotation=35, ha="right")
-        ax.set_yticks(range(len(m.index)), m.index)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, f"{m.iat[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if m.iat[i, j] < 0.6 else "black")
-        ax.set_xlabel("target task")
-        ax.set_ylabel("source prompt")
-        ax.set_title(f"{model}: zero-shot relative score")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+    rows = [("relative_score", "zero-shot relative score")]
+    if "transfer_gain" in df.columns:
+        rows.append(("transfer_gain", "transfer gain (0 = random, 1 = own)"))
+    fig, axes = plt.subplots(len(rows), len(models), figsize=(4.8 * len(models), 4.2 * len(rows)), squeeze=False)
+    for r, (value, title) in enumerate(rows):
+        for ax, model in zip(axes[r], models):
+            part = df[df["model"] == model]
+            m = part.pivot_table(index="source_task", columns="target_task", values=value, aggfunc="mean",
+                                 dropna=False)
+            order = [t for t in m.columns if t in m.index] + [t for t in m.index if t not in m.columns]
+            m = m.reindex(order)
+            half = None
+            if value == "transfer_gain" and part.groupby(["source_task", "target_task"]).size().max() > 1:
+                hw = part.assign(hw=(part["transfer_gain_ci_high"] - part["transfer_gain_ci_low"]) / 2)
+                half = hw.pivot_table(index="source_task", columns="target_task", values="hw", aggfunc="first",
+                                      dropna=False).reindex(index=m.index, columns=m.columns)
+            if value == "transfer_gain":
+                im = ax.imshow(m.to_numpy(dtype=float), cmap="RdYlGn", vmin=-1, vmax=1)
+            else:
+                im = ax.imshow(m.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=max(1.0, float(m.max().max())))
+            ax.set_xticks(range(len(m.columns)), m.columns, rotation=35, ha="right")
+            ax.set_yticks(range(len(m.index)), m.index)
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    v = m.iat[i, j]
+                    if not np.isfinite(v):
+                        continue
+                    text = f"{v:.2f}"
+                    if half is not None and np.isfinite(half.iat[i, j]):
+                        text += f"\n±{half.iat[i, j]:.2f}"
+                    dark = v < 0.6 if value == "relative_score" else abs(v) > 0.7
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7 if half is not None else 8,
+                            color="white" if dark else "black")
+            ax.set_xlabel("target task")
+            ax.set_ylabel("source prompt")
+            ax.set_title(f"{model}: {title}", fontsize=9 if value == "transfer_gain" else None)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -208,12 +244,17 @@ def spearman(x, y) -> tuple[float, float, int]:
     return float(res.statistic), float(res.pvalue), n
 
 
+def performance_columns(transfer: pd.DataFrame) -> list[str]:
+    """The performance measures of ``PERFORMANCE`` that the transfer table holds."""
+    return [p for p in PERFORMANCE if p in transfer.columns]
+
+
 def merge_transfer(indicators: pd.DataFrame, transfer: pd.DataFrame) -> pd.DataFrame:
     """Indicator rows joined with the transfer performance of the same (model, seed, source, target),
     off-diagonal pairs only."""
     keys = ["model", "seed", "source_task", "target_task"]
     ind = indicators[indicators["source_task"] != indicators["target_task"]]
-    perf = transfer[keys + list(PERFORMANCE)].copy()
+    perf = transfer[keys + performance_columns(transfer)].copy()
     perf["seed"] = perf["seed"].astype(int)
     ind = ind.assign(seed=ind["seed"].astype(int))
     if perf.duplicated(keys).any():
@@ -222,17 +263,24 @@ def merge_transfer(indicators: pd.DataFrame, transfer: pd.DataFrame) -> pd.DataF
     return ind.merge(perf, on=keys, how="inner")
 
 
-def correlate(indicators: pd.DataFrame, transfer: pd.DataFrame) -> pd.DataFrame:
+def correlate(indicators: pd.DataFrame, transfer: pd.DataFrame, n_boot: int = BOOTSTRAP_RESAMPLES) -> pd.DataFrame:
     """Spearman correlation of every (model, indicator, layers) with each transfer performance
-    (``relative_score``, ``score``) across the off-diagonal pairs (all seeds pooled)."""
+    (``relative_score``, ``score`` and, when the table has it, ``transfer_gain``) across the
+    off-diagonal pairs (all seeds pooled), with a 95% percentile bootstrap interval over seeds and
+    pairs (``stats.bootstrap_spearman``, fixed resampling seed) and the number of seeds."""
+    from ..stats import bootstrap_spearman
+
     merged = merge_transfer(indicators, transfer)
     rows = []
     for (model, indicator, layers), g in merged.groupby(["model", "indicator", "layers"], sort=False):
-        for perf in PERFORMANCE:
+        for perf in performance_columns(transfer):
             rho, p, n = spearman(g["value"], g[perf])
-            rows.append((model, indicator, layers, perf, rho, p, n))
+            lo, hi = bootstrap_spearman(g["value"], g[perf], groups=g["seed"], n_boot=n_boot) if n >= 3 \
+                else (math.nan, math.nan)
+            keep = g["value"].notna() & g[perf].notna()
+            rows.append((model, indicator, layers, perf, rho, p, n, lo, hi, int(g.loc[keep, "seed"].nunique())))
     out = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
-    return out.astype({"n_pairs": "int64"})
+    return out.astype({"n_pairs": "int64", "n_seeds": "int64"})
 
 
 def correlation_figure(merged: pd.DataFrame, corr: pd.DataFrame, path: str, performance: str = "relative_score"):
@@ -254,7 +302,10 @@ def correlation_figure(merged: pd.DataFrame, corr: pd.DataFrame, path: str, perf
             on = indicator == "on"
             ax.scatter(g["value"], g[performance], s=18, color="C3" if on else "C0", alpha=0.8)
             rho = c["spearman"].get((model, indicator, layers), math.nan)
-            ax.set_title(f"{indicator} ({layers})\nρ = {rho:.2f}", fontsize=9, fontweight="bold" if on else None)
+            lo = c["ci_low"].get((model, indicator, layers), math.nan) if "ci_low" in c else math.nan
+            hi = c["ci_high"].get((model, indicator, layers), math.nan) if "ci_high" in c else math.nan
+            ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
+            ax.set_title(f"{indicator} ({layers})\nρ = {rho:.2f}{ci}", fontsize=9, fontweight="bold" if on else None)
             if on:
                 for side in ax.spines.values():
                     side.set_edgecolor("C3")
@@ -264,12 +315,17 @@ def correlation_figure(merged: pd.DataFrame, corr: pd.DataFrame, path: str, perf
                 ax.set_ylabel(f"{model}\n{performance}", fontsize=8)
         ax = axes[r][-1]
         on = corr[(corr["model"] == model) & (corr["indicator"] == "on") & (corr["performance"] == performance)]
-        ax.bar(range(len(on)), on["spearman"].to_numpy(), color="C3")
+        rho = on["spearman"].to_numpy(dtype=float)
+        err = None
+        if "ci_low" in on:
+            lo, hi = on["ci_low"].to_numpy(dtype=float), on["ci_high"].to_numpy(dtype=float)
+            err = np.nan_to_num(np.vstack([rho - lo, hi - rho]).clip(min=0))
+        ax.bar(range(len(on)), rho, color="C3", yerr=err, capsize=3, ecolor="black")
         ax.set_xticks(range(len(on)), list(on["layers"]), rotation=60, fontsize=7, ha="right")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_ylim(-1, 1)
         ax.set_ylabel("Spearman ρ", fontsize=8)
-        ax.set_title("ON per layer group", fontsize=9)
+        ax.set_title("ON per layer group (95% bootstrap)", fontsize=9)
     fig.suptitle(f"Transferability indicators vs zero-shot transfer ({performance}, source ≠ target)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
@@ -292,7 +348,9 @@ def correlation(*, indicators: str, transfer: str, table: str, figure: str) -> p
     corr = correlate(ind, tr)
     write_parquet(corr, table, metadata={
         "step": "indicator_correlation", "method": "spearman", "pairs": "source_task != target_task, seeds pooled",
+        "interval": f"95% percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples of seeds then pairs within seeds",
         "indicators_provenance": parquet_provenance(indicators), "transfer_provenance": parquet_provenance(transfer)})
-    correlation_figure(merged, corr, figure)
+    correlation_figure(merged, corr, figure,
+                       performance="transfer_gain" if "transfer_gain" in merged.columns else "relative_score")
     log.info("%d correlations written to %s", len(corr), table)
     return corr
