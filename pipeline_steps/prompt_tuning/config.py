@@ -22,3 +22,10 @@ class PromptTuningConfig(Settings):
     warmup_steps: int = 0
     grad_clip: float = 1.0
     checkpoint_every: int = 50
+    # fixed: dev evaluation every eval_every steps and at the end; log: also at steps 1, 2, 4, 8, ...
+    # below eval_every (recorded in the curve only: the kept prompt is chosen on the fixed cadence)
+    eval_schedule: str = "fixed"
+
+    def check(self) -> None:
+        if self.eval_schedule not in ("fixed", "log"):
+            raise ValueError(f"eval_schedule must be 'fixed' or 'log', not '{self.eval_schedule}'")

@@ -44,6 +44,38 @@ def init_speedup(curve_init: pd.DataFrame, curve_random: pd.DataFrame, fraction:
     return {"threshold": threshold, "steps_to_reach": s_init, "random_steps_to_reach": s_rand, "speedup": speedup}
 
 
+def curve_comparison(curve_init: pd.DataFrame, curve_random: pd.DataFrame, prefix: str = "",
+                     random_prefix: str = "random_") -> dict:
+    """Area under the dev curve and dev score at 10/25/50 % of the budget of a transferred-init run
+    and its random-init run, with their ratio (AUC) and differences (transferred - random).
+
+    The budget is the last evaluated step of either run; the AUC spans the steps both runs cover
+    (from the later of their first evaluations), so runs on different schedules stay comparable."""
+    from ..stats import BUDGET_FRACTIONS, curve_summary
+
+    budget = float(max(curve_init["step"].max(), curve_random["step"].max()))
+    start = float(max(curve_init["step"].min(), curve_random["step"].min()))
+    a, b = curve_summary(curve_init, budget, start), curve_summary(curve_random, budget, start)
+    out = {f"{prefix}auc": a["auc"], f"{random_prefix}auc": b["auc"],
+           "auc_ratio": a["auc"] / b["auc"] if b["auc"] > 0 else math.nan, "auc_diff": a["auc"] - b["auc"]}
+    for f in BUDGET_FRACTIONS:
+        k = f"dev_at_{round(100 * f)}"
+        out.update({f"{prefix}{k}": a[k], f"{random_prefix}{k}": b[k], f"{k}_diff": a[k] - b[k]})
+    out["auc_start_step"] = start
+    return out
+
+
+def _mean_band(curves: list[pd.DataFrame]):
+    """Steps, mean dev score and 95% t interval over runs evaluated at the same steps (NaN band
+    with one run)."""
+    from ..stats import mean_interval
+
+    wide = pd.concat([c.set_index("step")["dev_score"] for c in curves], axis=1).sort_index()
+    st = [mean_interval(row) for row in wide.to_numpy()]
+    return (wide.index.to_numpy(), np.array([x["mean"] for x in st]), np.array([x["ci_low"] for x in st]),
+            np.array([x["ci_high"] for x in st]))
+
+
 def zero_shot_table(*, inputs: list[str], table: str, heatmap: str) -> "pd.DataFrame":
     """Concatenate the per-target results; relative_score = score / the target's own prompt's score
     (same model and seed); transfer_gain = (score - random) / (own - random) with the random-prompt
@@ -139,28 +171,43 @@ def init_table(*, runs: list[dict], fraction: float, table: str, figure: str) ->
                      "seed": r["seed"], "final_score": read_json(r["scores"])["score"],
                      "random_final_score": read_json(r["random_scores"])["score"],
                      "steps_to_reach": cmp["steps_to_reach"], "random_steps_to_reach": cmp["random_steps_to_reach"],
-                     "threshold": cmp["threshold"], "speedup": cmp["speedup"]})
+                     "threshold": cmp["threshold"], "speedup": cmp["speedup"],
+                     **curve_comparison(curve, random_curve), "n_evals": int(len(curve))})
         curves.append((r, curve, random_curve))
     df = pd.DataFrame(rows).sort_values(["model", "target_task", "source_task", "seed"]).reset_index(drop=True)
+    from ..stats import add_seed_stats
+
+    df = add_seed_stats(df, ["model", "source_task", "target_task"], ["final_score", "auc_ratio", "auc_diff"])
     write_parquet(df, table, metadata={"step": "transfer_init_table", "fraction": fraction,
-                                       "inputs_hash": stable_hash(rows)})
+                                       "interval": "95% Student t over seeds", "inputs_hash": stable_hash(rows)})
     targets = sorted({(r["model"], r["target_task"]) for r, _, _ in curves})
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
     for ax, (model, target) in zip(axes[0], targets):
-        shown_random = False
-        for r, curve, random_curve in curves:
-            if (r["model"], r["target_task"]) != (model, target):
-                continue
-            if not shown_random:
-                ax.plot(random_curve["step"], random_curve["dev_score"], "k--", marker="o", ms=3, label="random init")
-                shown_random = True
-            ax.plot(curve["step"], curve["dev_score"], marker="o", ms=3, label=f"from {r['source_task']} (seed {r['seed']})")
+        mine = [(r, c, rc) for r, c, rc in curves if (r["model"], r["target_task"]) == (model, target)]
+        randoms = {r["seed"]: rc for r, _, rc in mine}  # one random-init run per seed
+        groups = [("random init", "k", list(randoms.values()))]
+        for i, source in enumerate(dict.fromkeys(r["source_task"] for r, _, _ in mine)):
+            groups.append((f"from {source}", f"C{i}", [c for r, c, _ in mine if r["source_task"] == source]))
+        for label, color, runs in groups:
+            steps, mean, lo, hi = _mean_band(runs)
+            n = len(runs)
+            ax.plot(steps, mean, "--" if label == "random init" else "-", color=color, marker="o", ms=3,
+                    label=f"{label} ({'seed ' + str(mine[0][0]['seed']) if n == 1 else f'mean of {n} seeds'})")
+            if n > 1:
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.15, lw=0)
+        if min(min(c["step"].min(), rc["step"].min()) for _, c, rc in mine) < 2:
+            ax.set_xscale("log")  # log-spaced evaluations: show the early steps
         ax.set_title(f"{model}: {target}")
         ax.set_xlabel("step")
-        ax.set_ylabel("dev score")
+        ax.set_ylabel("dev score (band: 95% t interval)" if any(len(g[2]) > 1 for g in groups) else "dev score")
         ax.legend(fontsize=7)
     save_figure(fig, figure)
     return df
+
+
+PROJECTION_CURVE_COLUMNS = ("init_auc", "random_auc", "auc_ratio", "auc_diff", "init_dev_at_10", "random_dev_at_10",
+                            "dev_at_10_diff", "init_dev_at_25", "random_dev_at_25", "dev_at_25_diff",
+                            "init_dev_at_50", "random_dev_at_50", "dev_at_50_diff", "auc_start_step")
 
 
 def projection_table(*, runs: list[dict], table: str, figure: str | None = None) -> pd.DataFrame:
@@ -182,6 +229,7 @@ def projection_table(*, runs: list[dict], table: str, figure: str | None = None)
                "init_steps_to_reach": math.nan, "random_steps_to_reach": math.nan,
                "init_first_dev": math.nan, "random_first_dev": math.nan,
                "init_best_dev": math.nan, "random_best_dev": math.nan,
+               **{k: math.nan for k in PROJECTION_CURVE_COLUMNS},
                "mse_to_target_prompt": zs.get("mse_to_target_prompt", math.nan),
                "cosine_to_target_prompt": zs.get("cosine_to_target_prompt", math.nan),
                "projector_loss_start": pmeta["loss_start"], "projector_loss_end": pmeta["loss_end"],
@@ -193,13 +241,17 @@ def projection_table(*, runs: list[dict], table: str, figure: str | None = None)
                        random_steps_to_reach=sp["random_steps_to_reach"],
                        init_first_dev=float(c_init["dev_score"].iloc[0]), random_first_dev=float(c_rand["dev_score"].iloc[0]),
                        init_best_dev=float(c_init["dev_score"].max()), random_best_dev=float(c_rand["dev_score"].max()))
+            row.update(curve_comparison(c_init, c_rand, prefix="init_"))
         rows.append(row)
     keys = ["pair", "objective", "seed", "target_task"]
     df = pd.DataFrame(rows)
     if len(df):
         df = df.sort_values(keys).reset_index(drop=True)
+    from ..stats import add_seed_stats
+
+    df = add_seed_stats(df, ["pair", "objective", "target_task"], ["zero_shot_score", "auc_ratio"]) if len(df) else df
     write_parquet(df, table, metadata={"step": "summarise_projection", "speedup_fraction": SPEEDUP_FRACTION,
-                                       "inputs_hash": stable_hash(rows)})
+                                       "interval": "95% Student t over seeds", "inputs_hash": stable_hash(rows)})
     if figure:
         _projection_figure(df, figure)
     log.info("cross-model table: %d rows written to %s", len(df), table)
@@ -212,11 +264,16 @@ def _projection_figure(df: pd.DataFrame, path: str) -> None:
     groups = list(df.groupby(["source_model", "target_model"])) if len(df) else []
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(1 + 4.5 * max(1, len(groups)), 3.6), squeeze=False)
     for ax, ((src, tgt), part) in zip(axes[0], groups):
+        from ..stats import mean_interval
+
         means = part.groupby(["target_task", "objective"])["zero_shot_score"].mean().unstack("objective")
         means["target's own prompt"] = part.groupby("target_task")["target_prompt_score"].mean()
-        means.plot.bar(ax=ax, rot=20, width=0.8)
+        half = part.groupby(["target_task", "objective"])["zero_shot_score"].apply(
+            lambda v: (lambda st: (st["ci_high"] - st["ci_low"]) / 2)(mean_interval(v))).unstack("objective")
+        half = half.reindex(index=means.index, columns=means.columns)
+        means.plot.bar(ax=ax, rot=20, width=0.8, yerr=half if half.notna().any().any() else None, capsize=3)
         ax.set_ylim(0, 1)
-        ax.set_ylabel("test score (mean over seeds)")
+        ax.set_ylabel("test score (mean over seeds, 95% t)")
         ax.set_title(f"{src} -> {tgt}: zero-shot projected prompts", fontsize=9)
         ax.legend(fontsize=7)
     save_figure(fig, path)
