@@ -91,3 +91,69 @@ def test_bootstrap_spearman_interval():
     perfect = stats.bootstrap_spearman([1, 2, 3, 4, 5], [2, 4, 6, 8, 10], n_boot=200)
     assert perfect == pytest.approx((1.0, 1.0))
     assert all(math.isnan(v) for v in stats.bootstrap_spearman([1, 2], [1, 2]))
+
+
+# --- summary tables that aggregate runs carry the spread over seeds --------------------------------
+
+def test_fpt_and_lpt_summaries_report_seed_intervals(tmp_path):
+    from pipeline_steps.fpt.report import summarise_fpt
+    from pipeline_steps.io import write_json
+    from pipeline_steps.lpt.report import summarise_lpt
+
+    metas, scores, lmetas = [], [], []
+    stage = {"model": "m", "task": "t", "seed": 1, "method": "pt", "stage": 0, "num_layers": 2,
+             "dims": {"encoder_ffn": [64]}, "kept": {"layers": [0, 1]}, "steps": 10, "flops": 1.0,
+             "flops_per_step": 0.1, "wall_seconds": 1.0, "cpu_seconds": 1.0, "eval_seconds": 0.1,
+             "best_dev_score": 0.5, "cumulative_flops": 1.0, "cumulative_wall_seconds": 1.0}
+    write_json(stage, tmp_path / "stage.json")
+    for seed, (pt, fpt) in zip((1, 2, 3), [(0.80, 0.78), (0.70, 0.70), (0.75, 0.70)]):
+        for method, score, flops in (("pt", pt, 10.0), ("fpt_depth", fpt, 6.0)):
+            write_json({"model": "m", "task": "t", "seed": seed, "method": method, "cumulative_steps": 10,
+                        "cumulative_flops": flops, "cumulative_wall_seconds": 1.0, "cumulative_cpu_seconds": 1.0},
+                       tmp_path / f"{method}{seed}.json")
+            write_json({"metric": "accuracy", "score": score}, tmp_path / f"{method}{seed}.s.json")
+            metas.append(str(tmp_path / f"{method}{seed}.json"))
+            scores.append(str(tmp_path / f"{method}{seed}.s.json"))
+            write_json({"model": "m", "task": "t", "seed": seed, "method": "lpt_naive" if method != "pt" else "pt",
+                        "insert_layer": 1, "metric": "accuracy", "score": score, "step_seconds": 0.01,
+                        "trainable_params": 10, "flops_per_step": flops, "train_seconds": 1.0},
+                       tmp_path / f"l{method}{seed}.json")
+            lmetas.append(str(tmp_path / f"l{method}{seed}.json"))
+    df = summarise_fpt(metas=metas, scores=scores, stage_metas=[str(tmp_path / "stage.json")], curves=[],
+                       table=str(tmp_path / "fpt.parquet"), stages_table=str(tmp_path / "st.parquet"),
+                       figure=str(tmp_path / "fpt.png"))
+    d = df[df["method"] == "fpt_depth"].iloc[0]
+    # score_diff_vs_pt per seed: -0.02, 0, -0.05 -> mean -0.07/3, t interval with t_{0.975,2} = 4.302653
+    diffs = np.array([-0.02, 0.0, -0.05])
+    half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)
+    assert d["score_diff_vs_pt_mean"] == pytest.approx(diffs.mean())
+    assert (d["score_diff_vs_pt_ci_low"], d["score_diff_vs_pt_ci_high"]) == pytest.approx(
+        (diffs.mean() - half, diffs.mean() + half), abs=1e-6)
+    assert d["flops_ratio_vs_pt_mean"] == pytest.approx(0.6) and d["n_seeds"] == 3
+    assert {"score", "score_diff_vs_pt", "flops_ratio_vs_pt"} <= set(df.columns)
+    lpt = summarise_lpt(metas=lmetas, table=str(tmp_path / "lpt.parquet"), figure=str(tmp_path / "lpt.png"))
+    r = lpt[lpt["method"] == "lpt_naive"].iloc[0]
+    assert r["score_diff_vs_pt_mean"] == pytest.approx(diffs.mean()) and r["n_seeds"] == 3
+    assert r["score_diff_vs_pt_ci_high"] == pytest.approx(diffs.mean() + half, abs=1e-6)
+    assert (tmp_path / "fpt.png").stat().st_size > 1000 and (tmp_path / "lpt.png").stat().st_size > 1000
+
+
+def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
+    from pipeline_steps.io import write_json, write_parquet
+    from pipeline_steps.prompt_tuning.report import summarise_prompt_tuning
+
+    metas, scores, curves = [], [], []
+    for seed, score in ((1, 0.7), (2, 0.8), (3, 0.9)):
+        d = tmp_path / "m" / "t" / f"seed{seed}"
+        write_json({"model": "m", "task": "t", "seed": seed, "verbalizer": "mlm", "prompt_length": 4, "steps": 10,
+                    "best_dev_score": score, "best_step": 10, "train_seconds": 1.0, "config_hash": "x"}, d / "meta.json")
+        write_json({"metric": "accuracy", "score": score, "n": 10}, d / "scores.json")
+        write_parquet(pd.DataFrame({"step": [1, 10], "dev_score": [0.5, score]}), d / "curve.parquet")
+        metas.append(str(d / "meta.json"))
+        scores.append(str(d / "scores.json"))
+        curves.append(str(d / "curve.parquet"))
+    df = summarise_prompt_tuning(metas=metas, scores=scores, curves=curves, table=str(tmp_path / "pt.parquet"),
+                                 scores_figure=str(tmp_path / "s.png"), curves_figure=str(tmp_path / "c.png"))
+    assert df["test_score_mean"].tolist() == pytest.approx([0.8] * 3) and (df["n_seeds"] == 3).all()
+    assert df["test_score_ci_low"].iloc[0] == pytest.approx(0.8 - 4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
+    assert df["dev_score_std"].iloc[0] == pytest.approx(0.1)
