@@ -157,3 +157,22 @@ def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
     assert df["test_score_mean"].tolist() == pytest.approx([0.8] * 3) and (df["n_seeds"] == 3).all()
     assert df["test_score_ci_low"].iloc[0] == pytest.approx(0.8 - 4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
     assert df["dev_score_std"].iloc[0] == pytest.approx(0.1)
+
+
+def test_the_documented_three_seed_config_validates():
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline_steps.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    base = yaml.safe_load((root / "config.yaml").read_text())
+    extra = yaml.safe_load((root / "resources/configs/demo_3seeds.yaml").read_text())
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():  # what snakemake --configfile does: a nested update
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    cfg = load_config(merged)
+    assert cfg["experiment"]["seeds"] == [1, 2, 3] and cfg["transfer"]["random_seeds"] == [0, 1, 2]
+    assert cfg["prompt_tuning"]["eval_schedule"] == "log" and cfg["transfer"]["init"]["targets"] == ["products"]
