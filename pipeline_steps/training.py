@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .errors import UserError
 from .io import atomic_path, load_tensors, read_parquet, save_tensors
 from .prompt_tuning.config import PromptTuningConfig
+from .stats import is_eval_step
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,9 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
 
     ``model(input_ids, attention_mask, mask_pos)`` returns class logits. Batches are drawn
     epoch-wise from seeded permutations; the dev score is computed every ``eval_every`` steps
-    and at the end; the best parameters (earliest on ties) are kept. ``optimizer_state``
+    and at the end; the best parameters (earliest on ties) are kept. With ``cfg.eval_schedule ==
+    "log"`` the dev score is also computed at steps 1, 2, 4, ... below ``eval_every``: those
+    points go into the curve only, so the kept parameters are the same as with ``fixed``. ``optimizer_state``
     (from ``adam_state``) starts AdamW from carried-over moments (progressive training).
     ``lr_scales`` maps parameter names to a factor on ``cfg.lr`` (their own AdamW parameter
     group, e.g. KPT's label-word weights); every other parameter gets ``cfg.lr``.
@@ -304,13 +307,14 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
                                   on_nan=f"{describe}: loss is {{loss}} at step {state.step + 1}; "
                                          f"lower the learning rate (now {cfg.lr}) or check the data")
         state.step += 1
-        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+        if is_eval_step(state.step, cfg.steps, cfg.eval_every, getattr(cfg, "eval_schedule", "fixed")):
             logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)
             dev_score = score(logits.argmax(1), dev.labels, metric, num_classes)
             state.elapsed = time.perf_counter() - t0
             state.curve.append({"step": state.step, "loss": last_loss, "dev_score": dev_score,
                                 "elapsed_seconds": round(state.elapsed, 3)})
-            if dev_score > state.best_score:
+            selectable = state.step % cfg.eval_every == 0 or state.step == cfg.steps  # not the log points
+            if selectable and dev_score > state.best_score:
                 state.best_score, state.best_step = dev_score, state.step
                 best = {n: p.detach().clone().cpu() for n, p in params.items()}
             log.info("%s: step %d/%d loss %.4f dev %s %.4f (best %.4f @ %d) %.1fs", describe, state.step,

@@ -10,10 +10,14 @@ steps after one warm-up, the same batches for every method) and then trains and 
 are the ratios of step time, peak memory and peak memory above the loaded model to PT's.
 
 Goals (issue #4): FPT <= 0.70x PT FLOPs within 1 point of PT's score; LPT at half depth
-<= 0.6x PT step time and <= 0.6x PT peak memory within 1 point.
+<= 0.6x PT step time and <= 0.6x PT peak memory within 1 point. With several ``--seeds`` every
+run is repeated per seed and the score goal is judged on the 95% Student t interval of the
+per-seed score difference to PT (met when its lower end is >= -1 point; issue #13); ``--size``
+enlarges a demo task (its test split grows with it).
 
     python scripts/benchmark_efficient.py                       # minilm-l6, movies, CPU
     python scripts/benchmark_efficient.py --device cuda --batch-size 32 --task nli
+    python scripts/benchmark_efficient.py --seeds 1 2 3 --size 2000  # intervals over 3 seeds
 """
 from __future__ import annotations
 
@@ -62,6 +66,10 @@ def main() -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds (overrides --seed): "
+                    "every run per seed, goals judged on the 95%% t interval over seeds")
+    ap.add_argument("--size", type=int, default=None, help="examples of a demo task (default: config; "
+                    "the test split grows with it)")
     ap.add_argument("--skip", choices=["fpt", "lpt"], action="append", default=[])
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     ns = ap.parse_args()
@@ -89,6 +97,9 @@ def main() -> int:
         mspec = model_spec(cfg, ns.model)
     mspec.update(device=ns.device, dtype=ns.dtype)
     tspec = task_spec(cfg, ns.task)
+    if ns.size and "demo" in tspec["source"]:
+        tspec["source"]["size"] = ns.size
+    seeds = ns.seeds or [ns.seed]
     settings = pt_settings(cfg, ns.task)
     settings.update(batch_size=ns.batch_size, max_length=ns.max_length, eval_every=ns.eval_every)
     if ns.lr:
@@ -107,80 +118,95 @@ def main() -> int:
         fpt_steps.fpt_scores(model_spec=mspec, task_spec=tspec, tokenized=str(tokens), output=scores,
                              threads=ns.threads)
         metas, score_files = [], []
-        for method in ["pt", "fpt_depth", "fpt_width", "fpt_compound"]:
-            prev = None
-            for i, stage in enumerate(sched[method]):
-                d = out / "fpt" / method / f"stage{i}"
-                paths = {k: str(d / f) for k, f in [("prompt", "prompt.safetensors"),
-                         ("optimizer", "optimizer.safetensors"), ("curve", "curve.parquet"), ("meta", "meta.json")]}
-                fpt_steps.fpt_stage(model_spec=mspec, task_spec=tspec, settings=settings, seed=ns.seed, method=method,
-                                    stage_index=i, stage={"layers": None, "ffn": None, **stage},
-                                    last=i == len(sched[method]) - 1, tokenized=str(tokens), scores=scores,
-                                    previous=prev, threads=ns.threads, **paths)
-                prev = paths
-            ev = out / "fpt" / method / "eval"
-            source_prompts.evaluate(model_spec=mspec, task_spec=tspec, prompt=prev["prompt"], tokenized=str(tokens),
-                                    predictions=str(ev / "predictions.parquet"), scores=str(ev / "scores.json"),
-                                    threads=ns.threads)
-            metas.append(prev["meta"])
-            score_files.append(str(ev / "scores.json"))
+        for seed in seeds:
+            for method in ["pt", "fpt_depth", "fpt_width", "fpt_compound"]:
+                prev = None
+                base = out / "fpt" / (f"seed{seed}" if len(seeds) > 1 else "") / method
+                for i, stage in enumerate(sched[method]):
+                    d = base / f"stage{i}"
+                    paths = {k: str(d / f) for k, f in [("prompt", "prompt.safetensors"),
+                             ("optimizer", "optimizer.safetensors"), ("curve", "curve.parquet"), ("meta", "meta.json")]}
+                    fpt_steps.fpt_stage(model_spec=mspec, task_spec=tspec, settings=settings, seed=seed,
+                                        method=method, stage_index=i, stage={"layers": None, "ffn": None, **stage},
+                                        last=i == len(sched[method]) - 1, tokenized=str(tokens), scores=scores,
+                                        previous=prev, threads=ns.threads, **paths)
+                    prev = paths
+                ev = base / "eval"
+                source_prompts.evaluate(model_spec=mspec, task_spec=tspec, prompt=prev["prompt"],
+                                        tokenized=str(tokens), predictions=str(ev / "predictions.parquet"),
+                                        scores=str(ev / "scores.json"), threads=ns.threads)
+                metas.append(prev["meta"])
+                score_files.append(str(ev / "scores.json"))
         stage_metas = sorted(str(p) for p in (out / "fpt").rglob("stage*/meta.json"))
         table = fpt_report.summarise_fpt(metas=metas, scores=score_files, stage_metas=stage_metas,
                                         curves=[m.replace("meta.json", "curve.parquet") for m in stage_metas],
                                         table=str(out / "fpt.parquet"), stages_table=str(out / "fpt_stages.parquet"),
                                         figure=str(out / "fpt.png"))
         print("\n## FPT vs PT (same total steps: %d; schedules %s)" % (ns.steps, json.dumps(sched)))
-        print(table[["method", "score", "score_diff_vs_pt", "flops", "flops_ratio_vs_pt", "wall_seconds",
+        print(table[["method", "seed", "score", "score_diff_vs_pt", "flops", "flops_ratio_vs_pt", "wall_seconds",
                      "wall_ratio_vs_pt", "cpu_seconds", "cpu_ratio_vs_pt"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        for _, r in table[table["method"] != "pt"].iterrows():
-            ok = r["flops_ratio_vs_pt"] <= 0.70 and r["score_diff_vs_pt"] >= -0.01
-            print(f"goal FPT {r['method']}: FLOPs {r['flops_ratio_vs_pt']:.3f}x (<= 0.70), score "
-                  f"{100 * r['score_diff_vs_pt']:+.1f} points (>= -1): {'met' if ok else 'NOT met'}; "
-                  f"wall {r['wall_ratio_vs_pt']:.3f}x, CPU time {r['cpu_ratio_vs_pt']:.3f}x")
+        for _, r in table[table["method"] != "pt"].drop_duplicates("method").iterrows():
+            diff, lo = score_goal(r)
+            ok = r["flops_ratio_vs_pt_mean"] <= 0.70 and lo >= -0.01
+            print(f"goal FPT {r['method']}: FLOPs {r['flops_ratio_vs_pt_mean']:.3f}x (<= 0.70), score {diff} "
+                  f"(>= -1{' at the lower end' if r['n_seeds'] > 1 else ''}): {'met' if ok else 'NOT met'}; "
+                  f"wall {r['wall_ratio_vs_pt_mean']:.3f}x")
 
     if "lpt" not in ns.skip:
         lsettings = dict(settings, steps=ns.lpt_steps or ns.steps)
         metas = []
-        for method in ["pt", "lpt_naive", "lpt_npg", "lpt_appg", "lpt_mppg"]:
-            d = out / "lpt" / method
-            s = dict(lsettings)
-            late = None
-            if method != "pt":
-                s["lr"] = ns.lpt_lr or cfg["lpt"]["lr"] or s["lr"]
-                late = {"generator": method.split("_", 1)[1], "insert_layer": ns.insert_layer,
-                        "prompt_length": s["prompt_length"], "bottleneck": cfg["lpt"]["bottleneck"]}
-            kwargs = {"model_spec": mspec, "task_spec": tspec, "settings": s, "seed": ns.seed, "method": method,
-                      "tokenized": str(tokens), "late": late, "profile": ns.profile_steps,
-                      **{k: str(d / f) for k, f in efficient_lpt_files().items()}}
-            env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-            res = subprocess.run([sys.executable, "-m", "pipeline_steps", "lpt-run", "--threads", str(ns.threads),
-                                  "--args", json.dumps(kwargs)], env=env, capture_output=True, text=True)
-            if res.returncode != 0:
-                print(res.stderr[-3000:], file=sys.stderr)
-                return 1
-            metas.append(str(d / "meta.json"))
+        for seed in seeds:
+            for method in ["pt", "lpt_naive", "lpt_npg", "lpt_appg", "lpt_mppg"]:
+                d = out / "lpt" / (f"seed{seed}" if len(seeds) > 1 else "") / method
+                s = dict(lsettings)
+                late = None
+                if method != "pt":
+                    s["lr"] = ns.lpt_lr or cfg["lpt"]["lr"] or s["lr"]
+                    late = {"generator": method.split("_", 1)[1], "insert_layer": ns.insert_layer,
+                            "prompt_length": s["prompt_length"], "bottleneck": cfg["lpt"]["bottleneck"]}
+                kwargs = {"model_spec": mspec, "task_spec": tspec, "settings": s, "seed": seed, "method": method,
+                          "tokenized": str(tokens), "late": late, "profile": ns.profile_steps,
+                          **{k: str(d / f) for k, f in efficient_lpt_files().items()}}
+                env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+                res = subprocess.run([sys.executable, "-m", "pipeline_steps", "lpt-run", "--threads", str(ns.threads),
+                                      "--args", json.dumps(kwargs)], env=env, capture_output=True, text=True)
+                if res.returncode != 0:
+                    print(res.stderr[-3000:], file=sys.stderr)
+                    return 1
+                metas.append(str(d / "meta.json"))
         table = lpt_report.summarise_lpt(metas=metas, table=str(out / "lpt.parquet"), figure=str(out / "lpt.png"))
         print("\n## LPT vs PT (%d steps, each run in a fresh process)" % lsettings["steps"])
-        print(table[["method", "insert_layer", "score", "score_diff_vs_pt", "step_seconds", "step_ratio_vs_pt",
+        print(table[["method", "seed", "insert_layer", "score", "score_diff_vs_pt", "step_seconds", "step_ratio_vs_pt",
                      "step_cpu_ratio_vs_pt", "flops_ratio_vs_pt", "peak_memory_mb", "memory_ratio_vs_pt", "activation_memory_mb", "activation_memory_ratio_vs_pt",
                      "trainable_params"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"memory measured as: {table['memory_method'].iloc[0]}")
-        inter = interleaved_step_times(mspec, tspec, lsettings, metas, str(tokens), ns)
+        inter = interleaved_step_times(mspec, tspec, lsettings, metas[:5], str(tokens), ns)  # first seed
         print(f"\nstep time interleaved in one process ({ns.rounds} rounds x {ns.profile_steps} steps, method after "
               f"method each round; median of the round medians):")
         for method, sec in inter.items():
             print(f"  {method:10s} {1000 * sec:8.1f} ms  {sec / inter['pt']:.3f}x PT")
-        for _, r in table[table["method"] != "pt"].iterrows():
+        for _, r in table[table["method"] != "pt"].drop_duplicates("method").iterrows():
             step = inter[r["method"]] / inter["pt"]
-            ok = step <= 0.6 and r["memory_ratio_vs_pt"] <= 0.6 and r["score_diff_vs_pt"] >= -0.01
+            diff, lo = score_goal(r)
+            ok = step <= 0.6 and r["memory_ratio_vs_pt"] <= 0.6 and lo >= -0.01
             print(f"goal LPT {r['method']} (k={r['insert_layer']}): step {step:.3f}x interleaved (<= 0.6; fresh process "
                   f"{r['step_ratio_vs_pt']:.3f}x, CPU time {r['step_cpu_ratio_vs_pt']:.3f}x, FLOPs "
                   f"{r['flops_ratio_vs_pt']:.3f}x), "
                   f"peak memory {r['memory_ratio_vs_pt']:.3f}x (<= 0.6; above the loaded model "
-                  f"{r['activation_memory_ratio_vs_pt']:.3f}x), score {100 * r['score_diff_vs_pt']:+.1f} points "
-                  f"(>= -1): {'met' if ok else 'NOT met'}")
+                  f"{r['activation_memory_ratio_vs_pt']:.3f}x), score {diff} "
+                  f"(>= -1{' at the lower end' if r['n_seeds'] > 1 else ''}): {'met' if ok else 'NOT met'}")
     print(f"\nbenchmark wall time {time.perf_counter() - t_start:.0f} s; artifacts in {out}")
     return 0
+
+
+def score_goal(r) -> tuple[str, float]:
+    """The score difference to PT in points as printed, and the value the goal is judged on: the
+    lower end of the 95% t interval over seeds, or the single difference with one seed."""
+    if r["n_seeds"] > 1:
+        return (f"{100 * r['score_diff_vs_pt_mean']:+.1f} points [95% t over {int(r['n_seeds'])} seeds: "
+                f"{100 * r['score_diff_vs_pt_ci_low']:+.1f}, {100 * r['score_diff_vs_pt_ci_high']:+.1f}]",
+                float(r["score_diff_vs_pt_ci_low"]))
+    return f"{100 * r['score_diff_vs_pt']:+.1f} points (one seed: no interval)", float(r["score_diff_vs_pt"])
 
 
 def interleaved_step_times(mspec, tspec, settings, metas, tokens, ns) -> dict:

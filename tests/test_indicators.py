@@ -377,3 +377,17 @@ def test_dry_run_schedules_the_indicator_jobs(tmp_path):
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["indicator_activations"] == 1 and counts["indicator_table"] == 1
     assert counts["indicator_correlation"] == 1 and counts["train_prompt"] == 2 and counts["indicators"] == 1
+
+
+def test_correlate_with_transfer_gain_and_bootstrap_interval():
+    indicators, transfer = synthetic_tables(seeds=(1, 2))
+    transfer["transfer_gain"] = transfer["relative_score"] * 2 - 1
+    corr = report.correlate(indicators, transfer, n_boot=200)
+    assert list(corr.columns) == report.CORRELATION_COLUMNS
+    assert len(corr) == 3 * 3 and set(corr["performance"]) == {"relative_score", "score", "transfer_gain"}
+    c = corr.set_index(["indicator", "layers", "performance"])
+    assert c.loc[("cosine_flat", "input", "transfer_gain"), "spearman"] == pytest.approx(1.0)
+    assert c.loc[("cosine_flat", "input", "transfer_gain"), ["ci_low", "ci_high"]].tolist() == pytest.approx([1, 1])
+    assert c.loc[("on", "all", "score"), "ci_high"] == pytest.approx(-1.0)
+    assert (corr["n_seeds"] == 2).all() and (corr["n_pairs"] == 12).all()
+    assert math.isnan(c.loc[("on", "encoder.0", "score"), "ci_low"])

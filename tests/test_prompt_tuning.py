@@ -250,3 +250,32 @@ def test_initial_prompts_differ_between_tasks(bert):
     b, _ = initial_prompt(bert, cfg, 1, None, "nli")
     a2, _ = initial_prompt(bert, cfg, 1, None, "movies")
     assert torch.equal(a, a2) and not torch.equal(a, b)
+
+
+def test_log_eval_schedule_adds_curve_points_keeps_the_prompt_and_resumes_exactly(bert, tmp_path):
+    kw = dict(prompt_length=4, steps=12, batch_size=8, eval_every=6, checkpoint_every=3, lr=0.1)
+    data = toy_split(bert.tokenizer, 40)
+
+    def run(schedule, checkpoint=None, stop_at=None):
+        def hook(state):
+            if stop_at and state.step == stop_at:
+                raise KeyboardInterrupt
+        model = make_model(bert, seed=5)
+        return train_prompt(model, data, data, PromptTuningConfig(eval_schedule=schedule, **kw), seed=5,
+                            metric="accuracy", device="cpu", checkpoint=checkpoint, tag="t", on_eval=hook), model
+
+    (best_f, state_f), model_f = run("fixed")
+    (best_l, state_l), model_l = run("log")
+    assert [r["step"] for r in state_f.curve] == [6, 12]
+    assert [r["step"] for r in state_l.curve] == [1, 2, 4, 6, 12]
+    assert torch.equal(best_f, best_l) and torch.equal(model_f.prompt, model_l.prompt)  # evaluations change nothing
+    assert state_l.best_step == state_f.best_step and state_l.best_score == state_f.best_score
+    ck = Checkpoint(tmp_path / "ck.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        run("log", ck, stop_at=4)  # killed after step 4's evaluation; the checkpoint is the one of step 3
+    assert ck.exists()
+    (best_r, state_r), model_r = run("log", ck)
+    assert torch.equal(model_r.prompt, model_l.prompt) and torch.equal(best_r, best_l)
+    assert [(r["step"], r["dev_score"]) for r in state_r.curve] == [(r["step"], r["dev_score"]) for r in state_l.curve]
+    with pytest.raises(ValueError, match="eval_schedule"):
+        PromptTuningConfig.from_dict({"eval_schedule": "linear"})

@@ -11,6 +11,9 @@ from ..io import parquet_provenance, read_json, read_parquet, stable_hash, write
 
 log = logging.getLogger(__name__)
 
+# per (model, task, method): mean, std and 95% t interval over seeds of these columns
+SEED_STAT_COLUMNS = ["score", "score_diff_vs_pt", "flops_ratio_vs_pt", "wall_ratio_vs_pt"]
+
 
 def summarise_fpt(*, metas: list[str], scores: list[str], stage_metas: list[str], curves: list[str], table: str,
                   stages_table: str, figure: str) -> pd.DataFrame:
@@ -38,7 +41,11 @@ def summarise_fpt(*, metas: list[str], scores: list[str], stage_metas: list[str]
     df = df.reset_index(drop=True)[["model", "task", "seed", "method", "metric", "score", "score_diff_vs_pt", "steps",
                                     "flops", "flops_ratio_vs_pt", "wall_seconds", "wall_ratio_vs_pt", "cpu_seconds",
                                     "cpu_ratio_vs_pt"]]
-    write_parquet(df, table, metadata={"step": "summarise_fpt", "inputs_hash": stable_hash(rows)})
+    from ..stats import add_seed_stats
+
+    df = add_seed_stats(df, ["model", "task", "method"], SEED_STAT_COLUMNS)
+    write_parquet(df, table, metadata={"step": "summarise_fpt", "interval": "95% Student t over seeds",
+                                       "inputs_hash": stable_hash(rows)})
 
     srows = []
     for path in stage_metas:
@@ -78,6 +85,13 @@ def _fpt_figure(df: pd.DataFrame, curves: list[str], figure: str) -> None:
             row = df[(df["model"] == m) & (df["task"] == t) & (df["seed"] == seed) & (df["method"] == method)]
             if len(row):
                 ax.scatter(row["flops"], row["score"], marker="*", s=90, color=line.get_color(), zorder=3)
+        part = df[(df["model"] == model) & (df["task"] == task)]
+        if part["n_seeds"].max() > 1:  # the mean test score over seeds with its 95% t interval
+            for i, (method, g) in enumerate(part.groupby("method", sort=False)):
+                r = g.iloc[0]
+                ax.errorbar(g["flops"].mean(), r["score_mean"], yerr=[[r["score_mean"] - r["score_ci_low"]],
+                            [r["score_ci_high"] - r["score_mean"]]], fmt="D", color=f"C{i}", mec="black", ms=5, capsize=3,
+                            label=f"{method} test mean ± 95% t ({int(r['n_seeds'])} seeds)")
         ax.set_xlabel("cumulative training FLOPs")
         ax.set_ylabel("score (lines: dev during training; stars: test)")
         ax.set_title(f"FPT vs PT: {model} / {task}")

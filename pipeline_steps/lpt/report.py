@@ -12,6 +12,9 @@ from .config import LPT_METHODS
 
 log = logging.getLogger(__name__)
 
+# per (model, task, method): mean, std and 95% t interval over seeds of these columns
+SEED_STAT_COLUMNS = ["score", "score_diff_vs_pt", "step_ratio_vs_pt"]
+
 
 def summarise_lpt(*, metas: list[str], table: str, figure: str) -> pd.DataFrame:
     """One row per (model, task, seed, method): test score, insertion layer, profiled step time
@@ -40,7 +43,11 @@ def summarise_lpt(*, metas: list[str], table: str, figure: str) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(("pt", *LPT_METHODS))}
     df = df.sort_values(["model", "task", "seed", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
     df = df.reset_index(drop=True)
-    write_parquet(df, table, metadata={"step": "summarise_lpt", "inputs_hash": stable_hash(rows)})
+    from ..stats import add_seed_stats
+
+    df = add_seed_stats(df, ["model", "task", "method"], SEED_STAT_COLUMNS)
+    write_parquet(df, table, metadata={"step": "summarise_lpt", "interval": "95% Student t over seeds",
+                                       "inputs_hash": stable_hash(rows)})
     _lpt_figure(df, figure)
     log.info("LPT summary of %d runs written to %s", len(df), table)
     return df
@@ -58,8 +65,14 @@ def _lpt_figure(df: pd.DataFrame, figure: str) -> None:
             for _, r in rows.iterrows():
                 ax.annotate(f"{method} k={r['insert_layer']}", (r["step_seconds"] * 1000, r["score"]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points")
+        if part["n_seeds"].max() > 1:  # mean test score over seeds with its 95% t interval
+            for method, rows in part.groupby("method", sort=False):
+                r = rows.iloc[0]
+                ax.errorbar(rows["step_seconds"].mean() * 1000, r["score_mean"],
+                            yerr=[[r["score_mean"] - r["score_ci_low"]], [r["score_ci_high"] - r["score_mean"]]],
+                            fmt="D", color="black", ms=4, capsize=3)
         ax.set_xlabel("training step time (ms)")
-        ax.set_ylabel("test score")
+        ax.set_ylabel("test score (diamonds: mean ± 95% t over seeds)" if part["n_seeds"].max() > 1 else "test score")
         ax.set_title(f"LPT vs PT: {model} / {task}")
         ax.legend(fontsize=7)
     save_figure(fig, figure)

@@ -23,3 +23,10 @@ class PromptTuningConfig(Settings):
     grad_clip: float = 1.0
     checkpoint_every: int = 50
     bucket_batches: int = 0  # >0: length-bucketed batches, sorted within windows of this many batches
+    # fixed: dev evaluation every eval_every steps and at the end; log: also at steps 1, 2, 4, 8, ...
+    # below eval_every (recorded in the curve only: the kept prompt is chosen on the fixed cadence)
+    eval_schedule: str = "fixed"
+
+    def check(self) -> None:
+        if self.eval_schedule not in ("fixed", "log"):
+            raise ValueError(f"eval_schedule must be 'fixed' or 'log', not '{self.eval_schedule}'")

@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list[str], table: str,
                             scores_figure: str, curves_figure: str) -> pd.DataFrame:
-    """One row per (model, task, seed) run: settings, best dev and test score, time."""
+    """One row per (model, task, seed) run: settings, best dev and test score, time; the mean, std
+    and 95% t interval of the test and dev scores over the seeds of the row's (model, task)."""
+    from ..stats import add_seed_stats, mean_interval
+
     plt = pyplot()
     rows = []
     for meta_path, score_path in zip(metas, scores):
@@ -25,12 +28,17 @@ def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list
                      "best_step": meta["best_step"], "test_score": result["score"], "n_test": result["n"],
                      "train_seconds": meta["train_seconds"], "config_hash": meta["config_hash"]})
     df = pd.DataFrame(rows).sort_values(["model", "task", "seed"]).reset_index(drop=True)
-    write_parquet(df, table, metadata={"step": "summarise_prompts", "inputs_hash": stable_hash(rows)})
+    df = add_seed_stats(df, ["model", "task"], ["test_score", "dev_score"])
+    write_parquet(df, table, metadata={"step": "summarise_prompts", "interval": "95% Student t over seeds",
+                                       "inputs_hash": stable_hash(rows)})
 
     mean = df.groupby(["task", "model"])["test_score"].mean().unstack("model")
+    half = df.groupby(["task", "model"])["test_score"].apply(
+        lambda v: (lambda st: (st["ci_high"] - st["ci_low"]) / 2)(mean_interval(v))).unstack("model")
+    half = half.reindex(index=mean.index, columns=mean.columns)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(mean), 3.6))
-    mean.plot.bar(ax=ax, rot=20, width=0.8)
-    ax.set_ylabel("test score (mean over seeds)")
+    mean.plot.bar(ax=ax, rot=20, width=0.8, yerr=half if half.notna().any().any() else None, capsize=3)
+    ax.set_ylabel("test score (mean over seeds, 95% t)")
     ax.set_ylim(0, 1)
     ax.set_title("Prompt tuning: test score per task and model")
     ax.legend(fontsize=8)

@@ -16,8 +16,10 @@ INPUT_LAYERS = "input"  # the `layers` value of the embedding indicators
 ALL_LAYERS = "all"
 TABLE_COLUMNS = ["model", "seed", "source_task", "target_task", "indicator", "layers", "value"]
 TRANSFER_COLUMNS = ["model", "source_task", "target_task", "seed", "score", "relative_score"]
-PERFORMANCE = ("relative_score", "score")
-CORRELATION_COLUMNS = ["model", "indicator", "layers", "performance", "spearman", "p_value", "n_pairs"]
+PERFORMANCE = ("relative_score", "score", "transfer_gain")  # transfer_gain: used when the table has it
+CORRELATION_COLUMNS = ["model", "indicator", "layers", "performance", "spearman", "p_value", "n_pairs",
+                       "ci_low", "ci_high", "n_seeds"]
+BOOTSTRAP_RESAMPLES = 1000  # resamples of the Spearman interval (seeds, then pairs within seeds)
 
 
 @dataclass
