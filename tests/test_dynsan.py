@@ -1,0 +1,212 @@
+"""DynSAN: the DynSA block, network, losses, decoding, metrics, data sources and resumable training."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline_steps.dynsan.config import ModelConfig, TrainConfig, resolve_variant
+from pipeline_steps.dynsan.model import (DynSABlock, DynSAN, best_spans, candidate_log_probs, candidate_loss,
+                                         select_positions, span_marginal_loss)
+
+
+def block(**kw) -> DynSABlock:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(dict(dict(d=8, heads=2, k=3, dropout=0.0), **kw))
+    return DynSABlock(cfg).eval()
+
+
+# --- the DynSA block -------------------------------------------------------------------------------
+
+def test_top_k_selection_ignores_padding():
+    scores = torch.tensor([[[0.9, 0.1, 0.5, 0.99, 0.7]]])
+    mask = torch.tensor([[True, True, True, False, True]])
+    idx, valid = select_positions(scores, mask, 2)
+    assert sorted(idx[0, 0].tolist()) == [0, 4] and valid.all()
+    idx, valid = select_positions(scores, mask, 5)  # more picks than valid tokens: the surplus is invalid
+    assert valid.sum() == 4 and 3 in idx[0, 0][~valid[0, 0]].tolist()
+
+
+def _manual_block(blk: DynSABlock, u: torch.Tensor, selected: list[list[int]]) -> torch.Tensor:
+    """The block's formula written out per head with explicit loops (no convolutions)."""
+    length, d = u.shape[1:]
+    h, dh = blk.heads, d // blk.heads
+    p = F.relu(blk.fc(blk.norm(u)))[0]
+    g = torch.sigmoid(blk.gate(p)).T                       # [H, L]
+    dense = blk.dense(p).view(length, h, dh)
+    q, k, v = blk.qkv(p).view(length, 3, h, dh).unbind(1)
+    z = torch.zeros(length, h, dh)
+    for head in range(h):
+        sel = selected[head]
+        a = torch.zeros(length, dh)
+        att = (q[sel, head] @ k[sel, head].T / math.sqrt(dh)).softmax(-1) @ v[sel, head]
+        a[sel] = att
+        z[:, head] = (dense[:, head] + a) * (g[head] / g[head].max())[:, None]
+    return u[0] + blk.out(z.reshape(length, d))
+
+
+def test_top_k_scatter_unselected_positions_get_only_the_dense_path():
+    blk = block(conv=False, k=3)
+    u = torch.randn(1, 7, 8)
+    mask = torch.ones(1, 7, dtype=torch.bool)
+    out = blk(u, mask)
+    g = blk.last_gate[0]
+    selected = [g[h].topk(3).indices.tolist() for h in range(2)]
+    assert sorted(blk.last_selected[0, 0].tolist()) == sorted(selected[0])
+    assert torch.allclose(out[0], _manual_block(blk, u, selected), atol=1e-5)
+    # a position no head selected gets only the dense path: u + Out(concat_h F_h * g_h / max g_h)
+    free = [i for i in range(7) if all(i not in sel for sel in selected)]
+    assert free
+    p = F.relu(blk.fc(blk.norm(u)))[0]
+    dense = blk.dense(p).view(7, 2, 4) * (g / g.amax(-1, keepdim=True)).T[..., None]
+    want = u[0] + blk.out(dense.reshape(7, 8))
+    assert torch.allclose(out[0, free], want[free], atol=1e-5)
+
+
+def test_l_at_most_k_equals_full_attention():
+    u = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    gated = block(conv=False, k=8)
+    full = block(conv=False, k=8, selection="all")
+    full.load_state_dict(gated.state_dict())
+    assert torch.allclose(gated(u, mask), full(u, mask), atol=1e-6)
+    small = block(conv=False, k=2, selection="all")
+    small.load_state_dict(gated.state_dict())
+    assert torch.allclose(small(u, mask), gated(u, mask), atol=1e-6)  # 'all' ignores k
+    # and it is the written-out formula with every token selected
+    out = gated(u[:1], mask[:1])
+    assert torch.allclose(out[0], _manual_block(gated, u[:1], [list(range(5))] * 2), atol=1e-5)
+
+
+def test_padding_does_not_change_valid_outputs():
+    blk = block(k=3)
+    u = torch.randn(1, 6, 8)
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    padded = torch.cat([u, torch.randn(1, 3, 8)], 1)
+    pmask = torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)], 1)
+    assert torch.allclose(blk(u, mask), blk(padded, pmask)[:, :6], atol=1e-5)
+
+
+def test_gate_receives_gradient_and_l1_term():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d=8, heads=2, k=4, blocks=2, dropout=0.0, char_dim=3, char_channels=4, max_chars=4)
+    net = DynSAN(cfg, torch.randn(20, 6), torch.randint(0, 5, (20, 4)), 5)
+    q = torch.randint(2, 20, (2, 4))
+    p = torch.randint(2, 20, (2, 3, 6))
+    start, end = net(q, torch.ones(2, 4, dtype=torch.bool), p, torch.ones(2, 3, 6, dtype=torch.bool))
+    loss = span_marginal_loss(start, end, torch.tensor([[[0, 1]], [[5, 7]]]), torch.ones(2, 1, dtype=torch.bool))
+    loss.backward()
+    for blk in net.dynsa_blocks():
+        assert blk.gate.weight.grad is not None and blk.gate.weight.grad.abs().sum() > 0
+    # L1: every gated call's sum of |G| (question + passages for the shared encoder), per question
+    expect = 0.0
+    for blk in net.dynsa_blocks():
+        expect += sum(t.item() for t in blk.gate_sums)
+    assert len(net.encoder.gate_sums) == 2
+    assert net.gate_l1().item() == pytest.approx(expect / 2, rel=1e-6)
+    net.zero_grad()
+    net(q, torch.ones(2, 4, dtype=torch.bool), p, torch.ones(2, 3, 6, dtype=torch.bool))
+    net.gate_l1().backward()
+    assert net.blocks[0].gate.bias.grad.abs().sum() > 0
+
+
+def test_variants_switch_what_they_say():
+    u = torch.randn(1, 9, 8)
+    mask = torch.ones(1, 9, dtype=torch.bool)
+    assert len(block().convs) == 2 and len(block(conv=False).convs) == 0
+    no_att = block(self_attention=False)
+    assert no_att.qkv is None
+    no_att(u, mask)
+    assert no_att.last_selected is None
+    no_gate = block(gate=False, selection="random")
+    no_gate(u, mask)
+    assert torch.equal(no_gate.last_gate, torch.ones(1, 2, 9)) and no_gate.gate_sums == []
+    torch.manual_seed(1)
+    rnd = block(selection="random", k=3)
+    rnd(u, mask)
+    picks = rnd.last_selected.clone()
+    rnd(u, mask)
+    assert picks.shape == (1, 2, 3) and not torch.equal(picks, rnd.last_selected)  # a new random draw
+    full = block(selection="all", k=3)
+    full(u, mask)
+    assert full.last_selected.shape == (1, 2, 9)
+    with pytest.raises(ValueError, match="gated' needs gate"):
+        ModelConfig.from_dict({"gate": False})
+    m, t, n = resolve_variant({"k": 256}, {"beta": 1e-5}, {"gate": False, "selection": "random", "passages": 3}, 10)
+    assert m["selection"] == "random" and t["beta"] == 0.0 and n == 3
+    m, t, n = resolve_variant({"k": 256}, {"beta": 1e-5}, {"k": 16, "beta": 0}, 10)
+    assert m["k"] == 16 and t["beta"] == 0 and n == 10
+    with pytest.raises(ValueError, match="unknown variant key"):
+        resolve_variant({}, {}, {"kk": 1}, 1)
+
+
+def test_cross_passage_switch_isolates_passages():
+    torch.manual_seed(0)
+    kw = dict(d=8, heads=2, k=64, blocks=1, dropout=0.0, char_dim=3, char_channels=4, max_chars=4, conv=False)
+    vecs, chars = torch.randn(20, 6), torch.randint(0, 5, (20, 4))
+    q, qm = torch.randint(2, 20, (1, 4)), torch.ones(1, 4, dtype=torch.bool)
+    p, pm = torch.randint(2, 20, (1, 2, 5)), torch.ones(1, 2, 5, dtype=torch.bool)
+    for cross, isolated in ((True, False), (False, True)):
+        net = DynSAN(ModelConfig(cross_passage=cross, **kw), vecs, chars, 5).eval()
+        before = net(q, qm, p, pm)[0][0, :5]
+        p2 = p.clone()
+        p2[0, 1] = torch.randint(2, 20, (5,))
+        after = net(q, qm, p2, pm)[0][0, :5]
+        assert torch.allclose(before, after, atol=1e-6) == isolated
+
+
+def test_rank_embedding_added_per_passage():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d=8, heads=2, k=64, blocks=1, dropout=0.0, char_dim=3, char_channels=4, max_chars=4)
+    net = DynSAN(cfg, torch.randn(20, 6), torch.randint(0, 5, (20, 4)), 5).eval()
+    q, qm = torch.randint(2, 20, (1, 4)), torch.ones(1, 4, dtype=torch.bool)
+    same = torch.randint(2, 20, (5,))
+    p, pm = torch.stack([same, same])[None], torch.ones(1, 2, 5, dtype=torch.bool)
+    seen = {}
+    net.blocks[0].register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach().clone()))
+    net(q, qm, p, pm)
+    x = seen["x"][0]
+    diff = x[5:] - x[:5]  # identical passages: the only difference is rank 1's minus rank 0's embedding
+    want = (net.rank.weight[1] - net.rank.weight[0]).detach()
+    assert torch.allclose(diff, want.expand_as(diff), atol=1e-5)
+
+
+# --- losses and decoding ----------------------------------------------------------------------------
+
+def test_span_marginal_loss_by_hand():
+    start = torch.tensor([[0.0, 1.0, 2.0, -1.0]])
+    end = torch.tensor([[1.0, 0.0, 0.5, 3.0]])
+    ps, pe = np.exp([0, 1, 2, -1]) / np.exp([0, 1, 2, -1]).sum(), np.exp([1, 0, .5, 3]) / np.exp([1, 0, .5, 3]).sum()
+    spans = torch.tensor([[[1, 2], [2, 3], [0, 0]]])
+    mask = torch.tensor([[True, True, False]])  # the third is padding
+    want = -math.log(ps[1] * pe[2] + ps[2] * pe[3])
+    assert span_marginal_loss(start, end, spans, mask).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_candidate_scoring_sums_mentions():
+    r = torch.tensor([[0.0, 1.0, 2.0, 0.5]])
+    pr = np.exp([0, 1, 2, .5]) / np.exp([0, 1, 2, .5]).sum()
+    mentions = torch.tensor([[[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]], dtype=torch.bool)
+    lp = candidate_log_probs(r, mentions)
+    assert lp[0, 0].exp().item() == pytest.approx(pr[0] + pr[2], rel=1e-6)
+    assert lp[0, 1].exp().item() == pytest.approx(pr[1], rel=1e-6)
+    assert lp[0, 2].item() < -1e20  # no mention: never predicted
+    assert candidate_loss(r, mentions, torch.tensor([1])).item() == pytest.approx(-math.log(pr[1]), rel=1e-6)
+
+
+def test_best_span_respects_order_length_and_passage():
+    start = torch.tensor([[-5.0, 5.0, 0.0, 0.0, 0.0, 0.0]])
+    end = torch.tensor([[9.0, 0.0, 0.0, 0.0, 4.0, 0.0]])
+    passage = torch.tensor([[0, 0, 0, 0, 0, 1]])
+    s, e, _ = best_spans(start, end, passage, max_len=8)
+    assert (s.item(), e.item()) == (1, 4)  # end 0 comes before start 1: not allowed
+    s, e, _ = best_spans(start, end, passage, max_len=3)
+    assert e.item() - s.item() <= 2
+    end2 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])
+    s, e, _ = best_spans(start, end2, passage, max_len=8)
+    assert passage[0, s] == passage[0, e]  # never across passages
