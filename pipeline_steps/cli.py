@@ -38,6 +38,11 @@ STEPS = {
     "summarise-fpt": "efficient:summarise_fpt",
     "lpt-run": "efficient:lpt_run",
     "summarise-lpt": "efficient:summarise_lpt",
+    "dynsan-prepare": "dynsan.steps:prepare",
+    "dynsan-train": "dynsan.steps:train",
+    "dynsan-evaluate": "dynsan.steps:evaluate",
+    "dynsan-efficiency": "dynsan.steps:efficiency",
+    "dynsan-summarise": "dynsan.report:summarise",
 }
 
 

@@ -153,13 +153,15 @@ class Embedder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # a token's embedding does not depend on its context: compute it once per distinct token of
+        # the batch (word vector, character CNN, highway, projection), then index (dropout masks are
+        # thereby shared by a token's occurrences within one batch)
         shape = ids.shape
-        flat = ids.reshape(-1)
-        uniq, inverse = torch.unique(flat, return_inverse=True)  # the char CNN runs once per distinct token
+        uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         c = self.chars(self.token_chars[uniq]).transpose(1, 2)
-        c = F.relu(self.char_conv(c)).amax(-1)[inverse]
-        x = torch.cat([self.dropout(self.words(flat)), self.dropout(c)], -1)
-        x = self.proj(self.highway(x)).view(*shape, -1)
+        c = F.relu(self.char_conv(c)).amax(-1)
+        x = torch.cat([self.dropout(self.words(uniq)), self.dropout(c)], -1)
+        x = self.proj(self.highway(x))[inverse].view(*shape, -1)
         return x + sinusoid(shape[-1], x.shape[-1], x.device)
 
 
