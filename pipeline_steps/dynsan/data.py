@@ -480,8 +480,6 @@ _BORN = ["{p} was born in {c}.", "{p} is a native of {c}.", "the writer {p} grew
          "{p} spent a childhood in {c}."]
 _LIES = ["{c} is a city in {k}.", "{c} lies in {k}.", "the city of {c} is located in {k}.",
          "{c} belongs to {k}."]
-_FILL = ["the weather there is mild in spring.", "many tourists visit every summer.",
-         "the old market is famous.", "a river runs through the centre."]
 
 
 def generate_demo(kind: str, size: int, seed: int = 0) -> list[dict]:
@@ -501,9 +499,8 @@ def generate_demo(kind: str, size: int, seed: int = 0) -> list[dict]:
         countries = [_COUNTRIES[j] for j in rng.choice(len(_COUNTRIES), 3, replace=False)]
         passages = []
         for p, c, k in zip(people, cities, countries):
-            fill = _FILL[rng.integers(len(_FILL))]
             passages.append(_BORN[rng.integers(len(_BORN))].format(p=p, c=c))
-            passages.append(_LIES[rng.integers(len(_LIES))].format(c=c, k=k) + " " + fill)
+            passages.append(_LIES[rng.integers(len(_LIES))].format(c=c, k=k))
         order = rng.permutation(len(passages))
         passages = [passages[j] for j in order]
         two_hop = bool(i % 2)

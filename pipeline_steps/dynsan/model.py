@@ -139,7 +139,8 @@ class Highway(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Frozen pretrained word vectors + a character CNN -> 2-layer highway -> linear to D, + positions."""
+    """Frozen pretrained word vectors + a character CNN -> 2-layer highway -> linear to D (layer-
+    normalised), + sinusoidal positions."""
 
     def __init__(self, vectors: torch.Tensor, chars: torch.Tensor, n_chars: int, cfg: ModelConfig):
         super().__init__()
@@ -150,6 +151,9 @@ class Embedder(nn.Module):
         width = vectors.shape[1] + cfg.char_channels
         self.highway = Highway(width, 2, cfg.dropout)
         self.proj = nn.Linear(width, cfg.d)
+        # the projected vectors are brought to unit scale per dimension (norm ~ sqrt(D)) so that the
+        # sinusoidal positions (norm sqrt(D/2)) do not drown the token identity
+        self.norm = nn.LayerNorm(cfg.d)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -161,7 +165,7 @@ class Embedder(nn.Module):
         c = self.chars(self.token_chars[uniq]).transpose(1, 2)
         c = F.relu(self.char_conv(c)).amax(-1)
         x = torch.cat([self.dropout(self.words(uniq)), self.dropout(c)], -1)
-        x = self.proj(self.highway(x))[inverse].view(*shape, -1)
+        x = self.norm(self.proj(self.highway(x)))[inverse].view(*shape, -1)
         return x + sinusoid(shape[-1], x.shape[-1], x.device)
 
 
