@@ -210,3 +210,191 @@ def test_best_span_respects_order_length_and_passage():
     end2 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])
     s, e, _ = best_spans(start, end2, passage, max_len=8)
     assert passage[0, s] == passage[0, e]  # never across passages
+
+
+# --- metrics: the SQuAD v1.1 script's definitions ------------------------------------------------------
+
+from pipeline_steps.dynsan.metrics import em_f1, exact_match, f1, normalize_answer
+
+
+@pytest.mark.parametrize("pred, gold, em, f", [
+    ("The Beatles", "beatles", 1.0, 1.0),               # articles and case
+    ("a cat!", "the cat", 1.0, 1.0),                    # punctuation
+    ("an  apple   pie", "Apple pie.", 1.0, 1.0),        # whitespace collapsed
+    ("theory of everything", "the theory", 0.0, 0.5),   # bag-of-tokens F1: p=1/3, r=1 -> 0.5
+    ("", "anything", 0.0, 0.0),
+    ("the", "a", 1.0, 0.0),                              # both normalise to '': EM 1, F1 0 (no tokens)
+    ("New York City", "york new", 0.0, 0.8),             # order ignored: p=2/3 r=1 -> 0.8
+])
+def test_em_f1_squad_edge_cases(pred, gold, em, f):
+    assert exact_match(pred, gold) == em
+    assert f1(pred, gold) == pytest.approx(f)
+
+
+def test_em_f1_max_over_golds_and_x100():
+    s = em_f1(["paris", "big apple"], [["Paris", "the city of light"], ["New York", "the Big Apple!"]])
+    assert s == {"em": 100.0, "f1": 100.0}
+    s = em_f1(["rome", "london bridge"], [["paris"], ["london", "bridge of london"]])
+    assert s["em"] == 0.0 and s["f1"] == pytest.approx(100 * (0 + 0.8) / 2)
+    assert normalize_answer("  The  U.S.A. ") == "usa"
+
+
+# --- data: distant supervision, sources, bad records ----------------------------------------------------
+
+from pipeline_steps.dynsan import data as D
+from pipeline_steps.errors import UserError
+
+
+class WordEmb:
+    """A tiny word-level embedding for tests (the word-vector code path without a file)."""
+
+    def __init__(self):
+        self.lowercase, self.vocab = True, {"[PAD]": 0, "[UNK]": 1}
+        self.table = torch.zeros(2, 3)
+        self.name = "test"
+
+    encode = D.WordVectors.encode
+    piece_text = D.WordVectors.piece_text
+
+
+def test_find_spans_every_match():
+    toks = "the cat sat on the cat mat".split()
+    assert D.find_spans(toks, ["the", "cat"]) == [(0, 1), (4, 5)]
+    assert D.find_spans(toks, ["dog"]) == [] and D.find_spans(toks, []) == []
+
+
+def test_distant_supervision_keeps_every_span_normalised():
+    recs = [{"id": "q1", "split": "train", "question": "who?", "answers": ["The Beatles", "beatles"],
+             "passages": ["I like the Beatles.", "No answer here.", "BEATLES, again: the beatles!"]},
+            {"id": "q2", "split": "train", "question": "what?", "answers": ["zebra"], "passages": ["no zebras"]},
+            {"id": "q3", "split": "test", "question": "what?", "answers": ["zebra"], "passages": ["none"]}]
+    limits = {"passages": 5, "passage_tokens": 50, "total_tokens": 500, "question_tokens": 10}
+    df, vocab, extra = D.tokenise_task(recs, WordEmb(), limits, "span")
+    assert list(df["id"]) == ["q1", "q3"]                      # q2 (train, no span) dropped, q3 kept
+    assert extra["report"]["dropped_train_without_span"] == 1 and extra["report"]["unanswerable"]["test"] == 1
+    r = df.iloc[0]
+    spans = sorted(zip(r["span_p"], r["span_s"], r["span_e"]))
+    assert spans == [(0, 3, 3), (2, 0, 0), (2, 5, 5)]          # 'the' is not part of a span after normalising
+    p2 = r["passages"][2]
+    assert p2[r["p_starts"][2][5]: r["p_ends"][2][5]] == "beatles"
+    assert not df.iloc[1]["answerable"]
+
+
+def test_caps_on_passages_and_tokens():
+    recs = [{"id": "q", "split": "dev", "question": "x", "answers": ["a"],
+             "passages": ["a b c d e", "f g h", "i j", "k"]}]
+    limits = {"passages": 3, "passage_tokens": 4, "total_tokens": 6, "question_tokens": 10}
+    df, _, _ = D.tokenise_task(recs, WordEmb(), limits, "span")
+    assert [len(p) for p in df.iloc[0]["p_ids"]] == [4, 2]      # 4 per passage, 6 in all, 3 passages at most
+
+
+def test_candidate_mentions_and_answer_index():
+    recs = [{"id": "w", "split": "train", "question": "country_of x", "answers": ["peru"], "answer": "peru",
+             "candidates": ["chile", "peru"], "passages": ["x lives in lima.", "lima is in peru ; chile too", "peru"]}]
+    limits = {"passages": 5, "passage_tokens": 50, "total_tokens": 500, "question_tokens": 10}
+    df, _, _ = D.tokenise_task(recs, WordEmb(), limits, "candidates")
+    r = df.iloc[0]
+    assert r["answer_index"] == 1
+    mentions = sorted(zip(r["mention_c"], r["mention_p"], r["mention_s"]))
+    assert mentions == [(0, 1, 5), (1, 1, 3), (1, 2, 0)]
+
+
+def test_demo_generator_deterministic_and_needs_two_passages():
+    a, b = D.generate_demo("bridge_candidates", 20, seed=3), D.generate_demo("bridge_candidates", 20, seed=3)
+    assert a == b and a != D.generate_demo("bridge_candidates", 20, seed=4)
+    for r in a:
+        person = r["question"].split(" was ")[1].replace(" born?", "")
+        assert r["answer"] in r["candidates"] and len(r["candidates"]) == 3 and len(r["passages"]) == 6
+        holder = [p for p in r["passages"] if r["answer"] in p.split(" ") or r["answer"] + "." in p]
+        if "country" in r["question"]:   # the answer's passage does not name the person: a second hop is needed
+            assert all(person not in p for p in holder)
+        for c in r["candidates"]:
+            assert sum(c in p for p in r["passages"]) >= 1  # every wrong answer is mentioned too
+
+
+def _write_jsonl(path, recs):
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+
+
+def test_jsonl_and_parquet_schema_loaders(tmp_path):
+    recs = [{"id": "a", "question": "q?", "passages": ["p one", "p two"], "answers": ["one"], "split": "train"},
+            {"id": "b", "question": "r?", "passages": ["x"], "answers": "x", "split": "validation"}]
+    _write_jsonl(tmp_path / "d.jsonl", recs)
+    pd.DataFrame(recs[:1]).to_parquet(tmp_path / "d.parquet")
+    out, _ = D.load_records({"name": "t", "source": {"path": str(tmp_path / "d.jsonl")}})
+    assert [r["split"] for r in out] == ["train", "dev"] and out[1]["answers"] == ["x"]
+    out, _ = D.load_records({"name": "t", "source": {"path": str(tmp_path / "d.parquet")}})
+    assert out[0]["passages"] == ["p one", "p two"]
+
+
+def test_qangaroo_and_mrqa_loaders(tmp_path):
+    wikihop = [{"id": "WH_train_0", "query": "country_of_citizenship anna", "answer": "peru",
+                "candidates": ["peru", "chile"], "supports": ["anna lives in lima", "lima is in peru"]}]
+    (tmp_path / "train.json").write_text(json.dumps(wikihop))
+    out, _ = D.load_records({"name": "w", "kind": "candidates", "source": {"path": {"train": str(tmp_path / "train.json")}}})
+    assert out[0]["question"].startswith("country_of") and out[0]["answers"] == ["peru"] and out[0]["split"] == "train"
+    mrqa = [{"header": {"dataset": "SearchQA"}},
+            {"context": "[DOC] [TLE] t1 [PAR] first snippet [DOC] [TLE] t2 [PAR] second one",
+             "qas": [{"qid": "m1", "question": "which?", "answers": ["second"]}]}]
+    _write_jsonl(tmp_path / "m.jsonl", mrqa)
+    out, _ = D.load_records({"name": "m", "source": {"path": str(tmp_path / "m.jsonl")}})
+    assert out[0]["id"] == "m1" and "second one" in " ".join(out[0]["passages"]) and len(out[0]["passages"]) >= 2
+
+
+def test_hub_records_of_each_source():
+    searchqa = {"question": "This man wrote Hamlet", "answer": "Shakespeare", "category": "X",
+                "search_results": {"snippets": ["Hamlet by Shakespeare", "a play"], "urls": ["u1", "u2"]}}
+    r = D.check_record(D.from_hub_record(searchqa, D.HUB_FORMATS["searchqa"], 0), "hub", 0, "span")
+    assert r["passages"] == ["Hamlet by Shakespeare", "a play"] and r["answers"] == ["Shakespeare"]
+    quasar = {"uid": "s1", "question": "who?", "answer": "bob",
+              "context": {"short": [{"confidence": 0.9, "content": "bob did it"}], "long": []}}
+    r = D.check_record(D.from_hub_record(quasar, D.HUB_FORMATS["quasar"], 0), "hub", 0, "span")
+    assert r["passages"] == ["bob did it"]
+    quasar_cols = dict(quasar, context={"short": {"confidence": [0.9], "content": ["bob did it"]}})  # datasets' column layout
+    assert D.from_hub_record(quasar_cols, D.HUB_FORMATS["quasar"], 0)["passages"] == ["bob did it"]
+    qangaroo = {"id": "WH_dev_1", "query": "q", "answer": "b", "candidates": ["a", "b"], "supports": ["a b"]}
+    r = D.check_record(D.from_hub_record(qangaroo, D.HUB_FORMATS["qangaroo"], 0), "hub", 0, "candidates")
+    assert r["candidates"] == ["a", "b"] and r["answer"] == "b" and r["id"] == "WH_dev_1"
+
+
+@pytest.mark.parametrize("record, kind, message", [
+    ({"question": "q", "answers": ["a"]}, "span", r"field 'passages' is missing"),
+    ({"question": "q", "passages": ["ok", " "], "answers": ["a"]}, "span", r"field 'passages\[1\]' is empty"),
+    ({"question": "q", "passages": [], "answers": ["a"]}, "span", r"field 'passages' is empty"),
+    ({"question": "q", "passages": ["p"], "answers": [3]}, "span", r"field 'answers' must be a string or a list"),
+    ({"question": "q", "passages": "p", "answers": ["a"]}, "span", r"field 'passages' must be a list"),
+    ({"question": "q", "passages": ["p"], "candidates": ["x"], "answer": "y"}, "candidates",
+     r"field 'candidates' does not contain the answer 'y'"),
+    ({"question": "", "passages": ["p"], "answers": ["a"]}, "span", r"field 'question'"),
+])
+def test_bad_records_name_file_record_and_field(tmp_path, record, kind, message):
+    path = tmp_path / "bad.jsonl"
+    _write_jsonl(path, [record])
+    with pytest.raises(UserError, match=f"{path}: record 0: " + message):
+        D.load_records({"name": "t", "kind": kind, "source": {"path": str(path)}})
+
+
+def test_prepare_writes_nothing_on_bad_data(tmp_path):
+    from pipeline_steps.dynsan.steps import prepare
+
+    path = tmp_path / "bad.jsonl"
+    _write_jsonl(path, [{"id": "a", "question": "q", "passages": ["p"], "answers": ["p"]},
+                        {"id": "b", "question": "q", "passages": ["p"]}])
+    out = {k: str(tmp_path / "out" / f) for k, f in (("tokens", "t.parquet"), ("vocab", "v.safetensors"),
+                                                     ("report", "r.json"))}
+    with pytest.raises(UserError, match=r"record 1 \(id b\): field 'answers' is missing"):
+        prepare(spec={"name": "t", "source": {"path": str(path)}}, embeddings={"source": "embedded:minilm-l6"},
+                limits={"passages": 2, "passage_tokens": 8, "total_tokens": 16, "question_tokens": 8}, max_chars=8, **out)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_word_vector_file(tmp_path):
+    vec = tmp_path / "w.vec"
+    vec.write_text("3 2\nparis 1 0\nfrance 0 1\nis 0.5 0.5\n")
+    wv = D.WordVectors(str(vec))
+    ids, toks, offs = wv.encode("Paris is in France.")
+    assert toks == ["paris", "is", "in", "france", "."] and ids[:2] == [2, 4] and ids[2] == 1
+    assert wv.table.shape == (5, 2) and offs[3] == (12, 18)
+    (tmp_path / "bad.vec").write_text("a 1 2\nb 1\n")
+    with pytest.raises(UserError, match="line 2"):
+        D.WordVectors(str(tmp_path / "bad.vec"))
