@@ -398,3 +398,133 @@ def test_word_vector_file(tmp_path):
     (tmp_path / "bad.vec").write_text("a 1 2\nb 1\n")
     with pytest.raises(UserError, match="line 2"):
         D.WordVectors(str(tmp_path / "bad.vec"))
+
+
+# --- the steps: prepare, train (resume), evaluate, efficiency ---------------------------------------------
+
+from pipeline_steps.io import load_tensors, read_json
+
+TINY_MODEL = dict(d=8, heads=2, k=4, blocks=1, dropout=0.1, char_dim=3, char_channels=4, max_chars=6)
+TINY_TRAIN = dict(steps=6, batch_size=4, eval_batch_size=8, lr=0.01, warmup_steps=2, ema_decay=0.9,
+                  eval_every=3, checkpoint_every=2, max_answer_length=3)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from pipeline_steps.dynsan.steps import prepare
+
+    root = tmp_path_factory.mktemp("dynsan-data")
+    out = {}
+    for demo, kind in (("bridge", "span"), ("bridge_candidates", "candidates")):
+        files = {"tokens": str(root / demo / "tokens.parquet"), "vocab": str(root / demo / "vocab.safetensors"),
+                 "report": str(root / demo / "report.json")}
+        prepare(spec={"name": demo, "kind": kind, "source": {"demo": demo, "size": 40}},
+                embeddings={"source": "embedded:minilm-l6"},
+                limits={"passages": 6, "passage_tokens": 16, "total_tokens": 80, "question_tokens": 12},
+                max_chars=6, **files)
+        out[kind] = files
+    return out
+
+
+def _train(prepared, kind, where, **kw):
+    from pipeline_steps.dynsan.steps import train
+
+    files = {k: str(where / f) for k, f in (("weights", "w.safetensors"), ("curve", "c.parquet"), ("meta", "m.json"),
+                                           ("checkpoint", "ck.safetensors"))}
+    train(task="t", variant="v", kind=kind, model_settings=dict(TINY_MODEL, **kw.pop("model", {})),
+          train_settings=dict(TINY_TRAIN), passages=6, seed=3, tokens=prepared[kind]["tokens"],
+          vocab=prepared[kind]["vocab"], **files, **kw)
+    return files
+
+
+def test_prepare_report_and_vocabulary(prepared):
+    rep = read_json(prepared["span"]["report"])
+    assert rep["questions"]["train"] > 0 and rep["dropped_train_without_span"] == 0
+    tensors, meta = load_tensors(prepared["span"]["vocab"])
+    assert tensors["vectors"].shape == (rep["vocabulary"], 384) and meta["tokens"][:2] == ["[PAD]", "[NONE]"]
+    assert torch.equal(tensors["vectors"][:2], torch.zeros(2, 384))  # padding and 'no token' are zero vectors
+    df = pd.read_parquet(prepared["span"]["tokens"])
+    r = df.iloc[0]
+    s, p = r["span_s"][0], r["span_p"][0]
+    assert r["passages"][p][r["p_starts"][p][s]: r["p_ends"][p][r["span_e"][0]]] == r["answers"][0]
+
+
+def test_resume_after_a_kill_gives_the_same_weights(prepared, tmp_path):
+    full = _train(prepared, "span", tmp_path / "full")
+    part = tmp_path / "part"
+    files = _train(prepared, "span", part, stop_after=4)  # a process that ends after the step-4 checkpoint
+    assert (part / "ck.safetensors").exists() and not (part / "w.safetensors").exists()
+    _train(prepared, "span", part)                        # the re-run resumes from step 4
+    a, _ = load_tensors(full["weights"])
+    b, prov = load_tensors(files["weights"])
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (part / "ck.safetensors").exists()         # removed once the run is complete
+    ca, cb = pd.read_parquet(full["curve"]), pd.read_parquet(files["curve"])
+    assert list(ca["step"]) == [3, 6] and ca["dev_score"].tolist() == cb["dev_score"].tolist()
+    assert prov["settings"]["seed"] == 3 and prov["weights"] == "ema_best_dev"
+    meta = read_json(full["meta"])
+    assert meta["params"] > 0 and meta["step_seconds"] > 0 and meta["peak_memory_mb"] > 0
+
+
+def test_checkpoint_of_other_settings_is_ignored(prepared, tmp_path):
+    _train(prepared, "span", tmp_path, stop_after=2)
+    files = _train(prepared, "span", tmp_path, model={"k": 3})  # other settings: starts afresh
+    assert read_json(files["meta"])["steps"] == 6
+
+
+def test_evaluate_writes_predictions_scores_and_gates(prepared, tmp_path):
+    from pipeline_steps.dynsan.steps import evaluate
+
+    for kind in ("span", "candidates"):
+        files = _train(prepared, kind, tmp_path / kind)
+        out = {k: str(tmp_path / kind / f) for k, f in (("predictions", "p.parquet"), ("scores", "s.json"),
+                                                       ("gates", "g.parquet"))}
+        evaluate(weights=files["weights"], tokens=prepared[kind]["tokens"], vocab=prepared[kind]["vocab"],
+                 gate_examples=2, **out)
+        pred, sc = pd.read_parquet(out["predictions"]), read_json(out["scores"])
+        assert list(pred.columns[:5]) == ["id", "prediction", "passage", "score", "gold"]
+        assert sc["n"] == len(pred) > 0
+        if kind == "span":
+            assert 0 <= sc["em"] <= sc["f1"] <= 100
+            assert pred["em"].mean() == pytest.approx(sc["em"])
+        else:
+            assert 0 <= sc["accuracy"] <= 100 and set(pred["prediction"]) <= {c for cs in
+                pd.read_parquet(prepared[kind]["tokens"])["candidates"] for c in cs}
+        g = pd.read_parquet(out["gates"])
+        assert g["id"].nunique() == 2 and g["gate"].between(0, 1).all() and (g["heads_selected"] > 0).any()
+        assert g["in_answer"].any() and g["in_question"].any()
+
+
+def test_efficiency_sweep_table(tmp_path):
+    from pipeline_steps.dynsan.steps import efficiency
+
+    efficiency(lengths=[16, 64], k=8, variants=["gated", "all"], d=8, heads=2, blocks=1, steps=1,
+               table=str(tmp_path / "e.parquet"))
+    df = pd.read_parquet(tmp_path / "e.parquet")
+    assert len(df) == 4 and set(df["variant"]) == {"gated", "all"} and (df["step_seconds"] > 0).all()
+    assert list(df.columns[:5]) == ["variant", "sequence_length", "k", "step_seconds", "peak_memory_mb"]
+
+
+def test_config_cross_checks(minimal_config):
+    from pipeline_steps.config import dynsan_settings, load_config
+
+    cfg = dict(minimal_config, dynsan={"run": {"tasks": ["b"], "variants": ["dynsan", "rk"]},
+                                       "tasks": {"b": {"source": {"demo": "bridge"}}},
+                                       "variants": {"dynsan": {}, "rk": {"selection": "random", "k": 8, "passages": 2}}})
+    full = load_config(cfg)
+    model, train, passages = dynsan_settings(full, "b", "rk")
+    assert model["selection"] == "random" and model["k"] == 8 and model["d"] == 128 and passages == 2
+    assert train["lr"] == 0.001 and train["warmup_steps"] == 500 and train["ema_decay"] == 0.9999
+    for change, message in [
+        (lambda c: c["dynsan"]["run"].update(variants=["nope"]), "dynsan.run.variants': unknown variant 'nope'"),
+        (lambda c: c["dynsan"]["run"].update(tasks=["x"]), "dynsan.run.tasks': unknown task 'x'"),
+        (lambda c: c["dynsan"]["variants"].update(rk={"gate": False}), "gated' needs gate"),
+        (lambda c: c["dynsan"]["tasks"]["b"].update(kind="candidates"), "is a span task"),
+        (lambda c: c["dynsan"]["tasks"]["b"].update(source={"path": "missing.jsonl"}), "does not exist"),
+        (lambda c: c["dynsan"]["tasks"]["b"].update(source={"hub": "x/y"}), "needs format"),
+        (lambda c: c["dynsan"].update(model={"d": 10, "heads": 4}), "multiple of heads"),
+    ]:
+        bad = json.loads(json.dumps(cfg))
+        change(bad)
+        with pytest.raises(UserError, match=message):
+            load_config(bad)
