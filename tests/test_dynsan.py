@@ -528,3 +528,20 @@ def test_config_cross_checks(minimal_config):
         change(bad)
         with pytest.raises(UserError, match=message):
             load_config(bad)
+
+
+def test_planning_grid_and_gate_run(repo_config):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "workflow"))
+    from planning import dynsan as plan
+
+    cfg = json.loads(json.dumps(repo_config))
+    cfg["dynsan"]["run"].update(tasks=["bridge", "bridge_candidates"], variants=["full_attention", "no_conv"], seeds=[1, 2])
+    assert len(plan.grid(cfg)) == 8
+    assert plan.gate_run(cfg, "bridge") == {"dtask": "bridge", "variant": "no_conv", "seed": 1}
+    cfg["dynsan"]["run"]["variants"] = ["full_attention"]
+    assert plan.gate_run(cfg, "bridge") is None and plan.summary_inputs(cfg)["gates"] == {}
+    a = plan.run_args(cfg, {"dtask": "bridge", "variant": "full_attention", "seed": "2"})
+    assert a["model_settings"]["selection"] == "all" and a["seed"] == 2
+    assert a["weights"] == "results/dynsan/runs/bridge/full_attention/seed2/weights.safetensors"

@@ -2,9 +2,10 @@
 # self-attention. Data once per task; one training job per (task, variant, seed) (resumable); an
 # evaluation job per run; one efficiency sweep; one summary (tables, figures). See docs/dynsan.md.
 
-from pipeline_steps.config import dynsan_settings, dynsan_task_spec
-from planning.dynsan import (CHECKPOINT, DATA, DATA_FILES, EVAL_FILES, FIGURES, RUN, RUN_FILES, TABLES, files,
-                             grid as dynsan_grid, summary_inputs as dynsan_summary_inputs)
+from pipeline_steps.config import dynsan_task_spec
+from planning.dynsan import (DATA, DATA_FILES, EVAL_FILES, FIGURES, RUN, RUN_FILES, TABLES, files,
+                             grid as dynsan_grid, run_args as dynsan_run_args,
+                             summary_inputs as dynsan_summary_inputs)
 
 DYNSAN = config["dynsan"]
 DYNSAN_GPU = 1 if DYNSAN["device"] == "cuda" else 0
@@ -36,15 +37,6 @@ rule dynsan_prepare:
         step("dynsan-prepare")
 
 
-def _dynsan_run_args(w):
-    model, train, passages = dynsan_settings(config, w.dtask, w.variant)
-    data = files(DATA, DATA_FILES, {"dtask": w.dtask})
-    return args(task=w.dtask, variant=w.variant, kind=DYNSAN["tasks"][w.dtask]["kind"], model_settings=model,
-                train_settings=train, passages=passages, seed=int(w.seed), tokens=data["tokens"], vocab=data["vocab"],
-                device=DYNSAN["device"], dtype=DYNSAN["dtype"], checkpoint=fmt(CHECKPOINT, w),
-                **files(RUN, RUN_FILES, dict(w.items())))
-
-
 rule dynsan_train:
     input:
         tokens=f"{DATA}/tokens.parquet",
@@ -52,7 +44,7 @@ rule dynsan_train:
     output:
         **{k: f"{RUN}/{f}" for k, f in RUN_FILES.items()},
     params:
-        args=_dynsan_run_args,
+        args=lambda w: args(**dynsan_run_args(config, dict(w.items()))),
     conda:
         ENV_FILE
     log:
