@@ -120,20 +120,23 @@ def plot_efficiency(df: pd.DataFrame, path: str) -> None:
 
 
 def plot_gates(gates: dict[str, pd.DataFrame], path: str, max_tokens: int = 120) -> None:
-    """One strip per dev question: tokens coloured by the gate, selected tokens boxed, answer
-    tokens underlined in red, question words in bold."""
+    """One strip per dev question: tokens coloured by the gate (mean over heads), boxed in red by the
+    share of heads that selected them (thick: at least half), answer tokens underlined in red,
+    question words in bold; the title compares mean gate values of answer/question/other tokens."""
     plt = pyplot()
     strips = [(t, qid, g[g["id"] == qid]) for t, g in sorted(gates.items()) for qid in g["id"].unique()]
     fig, axes = plt.subplots(max(1, len(strips)), 1, figsize=(14, 1.1 * max(1, len(strips)) + 0.6), squeeze=False)
     cmap = plt.get_cmap("viridis")
+    heads = max([int(g["heads_selected"].max()) for g in gates.values() if len(g)] + [1])
     for ax, (task, qid, part) in zip(axes[:, 0], strips):
         part = part.sort_values("position").head(max_tokens)
         gmax = max(part["gate"].max(), 1e-9)
         x = 0.0
         for _, r in part.iterrows():
             w = 0.6 + 0.12 * len(r["token"])
+            share = r["heads_selected"] / heads
             ax.add_patch(plt.Rectangle((x, 0), w, 1, color=cmap(r["gate"] / gmax),
-                                       ec="red" if r["heads_selected"] > 0 else "none", lw=0.8))
+                                       ec="red" if share > 0 else "none", lw=0.3 + 2.2 * share))
             ax.text(x + w / 2, 0.5, r["token"], ha="center", va="center", fontsize=5,
                     weight="bold" if r["in_question"] else "normal",
                     color="white" if r["gate"] / gmax < 0.5 else "black")
@@ -143,10 +146,16 @@ def plot_gates(gates: dict[str, pd.DataFrame], path: str, max_tokens: int = 120)
         ax.set_xlim(0, max(x, 1))
         ax.set_ylim(-0.3, 1.05)
         ax.axis("off")
-        sel = part[part["heads_selected"] > 0]
-        ax.set_title(f"{task} {qid}: selected tokens {len(sel)}/{len(part)}, answer tokens selected "
-                     f"{int(sel['in_answer'].sum())}/{int(part['in_answer'].sum())}, question words selected "
-                     f"{int(sel['in_question'].sum())}/{int(part['in_question'].sum())}", fontsize=7, loc="left")
+        other = part[~part["in_answer"] & ~part["in_question"]]
+        half = part[part["heads_selected"] >= heads / 2]
+
+        def mean(df):
+            return f"{df['gate'].mean():.2f}" if len(df) else "-"
+
+        ax.set_title(f"{task} {qid}: mean gate answer {mean(part[part['in_answer']])}, question words "
+                     f"{mean(part[part['in_question']])}, other {mean(other)}; picked by >= half the heads: "
+                     f"{len(half)}/{len(part)} tokens, {int(half['in_answer'].sum())}/{int(part['in_answer'].sum())} "
+                     f"answer tokens", fontsize=7, loc="left")
     if not strips:
         axes[0, 0].text(0.5, 0.5, "no gated run drawn", ha="center")
         axes[0, 0].axis("off")
