@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..io import load_tensors, read_json, read_parquet, save_tensors, stable_hash, write_json, write_parquet
-from ..runtime import seed_everything, set_threads
+from ..runtime import resolve_device, seed_everything, set_threads
 from .config import ModelConfig, TrainConfig
 from .metrics import best_over_golds, exact_match, f1
 from .model import DynSABlock, DynSAN, best_spans, candidate_log_probs, candidate_loss, span_marginal_loss
@@ -198,12 +198,8 @@ class EMA:
 
 
 def _device(device: str) -> torch.device:
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("dynsan.device is cuda, but no CUDA device is visible; on a cluster check that the job "
-                            "requested a GPU, or set dynsan.device: cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The project's device resolution (a clear error without CUDA; the test-only CPU fallback)."""
+    return resolve_device({"device": device, "name": "dynsan (dynsan.device)"})
 
 
 def _amp(device: torch.device, dtype: str):
