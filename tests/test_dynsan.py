@@ -584,3 +584,50 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(prepared, tmp_path):
     a, _ = load_tensors(tmp_path / "full" / "w.safetensors")
     b, _ = load_tensors(tmp_path / "killed" / "w.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_read_hub_through_datasets(monkeypatch):
+    """The hub path: one load_dataset call per configured split, records mapped by the format."""
+    import datasets
+
+    calls = []
+
+    def fake_load(name, subset, split, revision=None):
+        calls.append((name, subset, split))
+        return [{"question": f"q {split}", "answer": "a", "search_results": {"snippets": ["a b", "c"]}}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    spec = {"name": "s", "kind": "span", "source": {"hub": "kyunghyuncho/search_qa", "subset": "train_test_val",
+                                                    "format": "searchqa", "splits": {"train": "train", "dev": "validation"}}}
+    recs, origin = D.load_records(spec)
+    assert calls == [("kyunghyuncho/search_qa", "train_test_val", "train"),
+                     ("kyunghyuncho/search_qa", "train_test_val", "validation")]
+    assert [r["split"] for r in recs] == ["train", "dev"] and recs[1]["passages"] == ["a b", "c"]
+    assert origin == "hub:kyunghyuncho/search_qa"
+
+    def failing(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing)
+    with pytest.raises(UserError, match="could not be loaded: ConnectionError"):
+        D.load_records(spec)
+
+
+def test_prepare_with_a_word_vector_file(tmp_path):
+    from pipeline_steps.dynsan.steps import prepare
+
+    (tmp_path / "w.vec").write_text("4 2\nparis 1 0\nfrance 0 1\nin 0.5 0.5\nlima 2 2\n")
+    recs = [{"id": str(i), "question": "where is paris ?", "passages": ["paris is in france .", "lima"],
+             "answers": ["France"], "split": s} for i, s in enumerate(["train", "dev", "test"])]
+    _write_jsonl(tmp_path / "d.jsonl", recs)
+    out = {k: str(tmp_path / f) for k, f in (("tokens", "t.parquet"), ("vocab", "v.safetensors"), ("report", "r.json"))}
+    prepare(spec={"name": "t", "source": {"path": str(tmp_path / "d.jsonl")}},
+            embeddings={"source": str(tmp_path / "w.vec")},
+            limits={"passages": 2, "passage_tokens": 8, "total_tokens": 16, "question_tokens": 8}, max_chars=6, **out)
+    tensors, meta = load_tensors(out["vocab"])
+    vec = dict(zip(meta["tokens"], tensors["vectors"].tolist()))
+    assert vec["paris"] == [1, 0] and vec["france"] == [0, 1]
+    assert vec["where"] == vec["?"] == [0, 0] and "where" in meta["tokens"] and "?" in meta["tokens"]  # unknown words
+    df = pd.read_parquet(out["tokens"])
+    assert list(df["span_p"][0]) == [0] and list(df["span_s"][0]) == [3]
+    assert read_json(out["report"])["embedding"] == "vectors:w.vec"

@@ -369,22 +369,24 @@ def _norm_passage_tokens(emb, toks: list[str], text: str, offs) -> list[str]:
 
 # --- the prepared task ---------------------------------------------------------------------------------
 
-def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.DataFrame, dict, dict]:
+def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.DataFrame, list, dict]:
     """Tokenise questions and passages once; spans by distant supervision; caps from ``limits``.
 
-    Returns (frame, vocabulary {orig id: compact id}, extras). Compact id 0 is padding, 1 stands
-    for a question or passage list with no token left (a zero vector).
+    Returns (frame, vocabulary, extras): the vocabulary is a list of (token string, id in the
+    embedding table) per compact id from 2 on; compact id 0 is padding, 1 stands for a question or
+    passage list with no token left (both zero vectors). Tokens are told apart by their string, so
+    unknown words of a word-vector file share the unknown vector but keep their own characters.
     """
-    vocab: dict[int, int] = {}
-    tokens_of: dict[int, str] = {}
+    index: dict[str, int] = {}
+    vocab: list[tuple[str, int]] = []
 
     def compact(ids, toks):
         out = []
         for i, t in zip(ids, toks):
-            if i not in vocab:
-                vocab[i] = len(vocab) + 2
-                tokens_of[vocab[i]] = t
-            out.append(vocab[i])
+            if t not in index:
+                index[t] = len(vocab) + 2
+                vocab.append((t, int(i)))
+            out.append(index[t])
         return out
 
     max_p, max_tok, max_total = limits["passages"], limits["passage_tokens"], limits["total_tokens"]
@@ -452,7 +454,7 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
               "unanswerable": unanswerable, "vocabulary": len(vocab) + 2,
               "mean_passages": float(df["p_ids"].map(len).mean()) if len(df) else 0.0,
               "mean_tokens": float(df["p_ids"].map(lambda p: sum(map(len, p))).mean()) if len(df) else 0.0}
-    return df, vocab, {"report": report, "tokens": tokens_of}
+    return df, vocab, {"report": report}
 
 
 def char_table(tokens: list[str], emb, max_chars: int) -> tuple[np.ndarray, list[str]]:

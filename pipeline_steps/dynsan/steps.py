@@ -39,11 +39,10 @@ def prepare(*, spec: dict, embeddings: dict, limits: dict, max_chars: int, token
             raise UserError(f"{origin}: task '{spec['name']}': the {split} split is empty after preparation "
                             f"(training questions without an answer span are dropped: "
                             f"{extra['report']['dropped_train_without_span']}); add data or raise the caps")
-    n = len(compact) + 2
-    order = sorted(compact, key=compact.get)
-    vectors = torch.zeros(n, emb.table.shape[1])
-    vectors[2:] = emb.table[torch.tensor(order, dtype=torch.long)]
-    toks = ["[PAD]", "[NONE]"] + [extra["tokens"][compact[o]] for o in order]
+    vectors = torch.zeros(len(compact) + 2, emb.table.shape[1])
+    if compact:
+        vectors[2:] = emb.table[torch.tensor([i for _, i in compact], dtype=torch.long)]
+    toks = ["[PAD]", "[NONE]"] + [t for t, _ in compact]
     chars, alphabet = char_table(toks, emb, max_chars)
     chars[:2] = 0
     meta = {"task": spec["name"], "kind": kind, "embedding": emb.name, "tokens": toks, "n_chars": len(alphabet) + 1,
