@@ -94,3 +94,13 @@ def test_bad_data_file_fails_its_job_naming_record_and_field(tmp_path):
     log = (tmp_path / "logs/dynsan_prepare/mine.log").read_text()
     assert f"error: {bad}: record 1 (id x2): field 'passages[1]' is empty" in log and "Traceback" not in log
     assert not (tmp_path / "results/dynsan/data/mine").exists() or not any((tmp_path / "results/dynsan/data/mine").iterdir())
+
+
+def test_default_target_plans_every_stage_with_dynsan(tmp_path):
+    """Regression: the DynSAN rules must not shadow common.smk's path patterns (DATA, ...)."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    res = _cli(tmp_path, "-n")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    for rule in ("prepare_data", "tokenize", "train_prompt", "dynsan_prepare", "dynsan_train", "dynsan_summarise"):
+        assert rule in out, rule

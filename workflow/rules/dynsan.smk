@@ -3,14 +3,12 @@
 # evaluation job per run; one efficiency sweep; one summary (tables, figures). See docs/dynsan.md.
 
 from pipeline_steps.config import dynsan_task_spec
-from planning.dynsan import (DATA, DATA_FILES, EVAL_FILES, FIGURES, RUN, RUN_FILES, TABLES, files,
-                             grid as dynsan_grid, run_args as dynsan_run_args,
-                             summary_inputs as dynsan_summary_inputs)
+import planning.dynsan as DP  # a module namespace: its DATA, RUN, ... must not shadow common.smk's names
 
 DYNSAN = config["dynsan"]
 DYNSAN_GPU = 1 if DYNSAN["device"] == "cuda" else 0
 DYNSAN_GPU_MODEL = DYNSAN["gpu_model"] if DYNSAN["device"] == "cuda" else None
-DYNSAN_SUMMARY = dynsan_summary_inputs(config)
+DYNSAN_SUMMARY = DP.summary_inputs(config)
 
 
 wildcard_constraints:
@@ -20,9 +18,9 @@ wildcard_constraints:
 
 rule dynsan_prepare:
     output:
-        **{k: f"{DATA}/{f}" for k, f in DATA_FILES.items()},
+        **{k: f"{DP.DATA}/{f}" for k, f in DP.DATA_FILES.items()},
     params:
-        args=lambda w: args(**dynsan_task_spec(config, w.dtask), **files(DATA, DATA_FILES, dict(w.items()))),
+        args=lambda w: args(**dynsan_task_spec(config, w.dtask), **DP.files(DP.DATA, DP.DATA_FILES, dict(w.items()))),
     conda:
         ENV_FILE
     log:
@@ -39,12 +37,12 @@ rule dynsan_prepare:
 
 rule dynsan_train:
     input:
-        tokens=f"{DATA}/tokens.parquet",
-        vocab=f"{DATA}/vocab.safetensors",
+        tokens=f"{DP.DATA}/tokens.parquet",
+        vocab=f"{DP.DATA}/vocab.safetensors",
     output:
-        **{k: f"{RUN}/{f}" for k, f in RUN_FILES.items()},
+        **{k: f"{DP.RUN}/{f}" for k, f in DP.RUN_FILES.items()},
     params:
-        args=lambda w: args(**dynsan_run_args(config, dict(w.items()))),
+        args=lambda w: args(**DP.run_args(config, dict(w.items()))),
     conda:
         ENV_FILE
     log:
@@ -63,16 +61,16 @@ rule dynsan_train:
 
 rule dynsan_evaluate:
     input:
-        weights=f"{RUN}/weights.safetensors",
-        tokens=f"{DATA}/tokens.parquet",
-        vocab=f"{DATA}/vocab.safetensors",
+        weights=f"{DP.RUN}/weights.safetensors",
+        tokens=f"{DP.DATA}/tokens.parquet",
+        vocab=f"{DP.DATA}/vocab.safetensors",
     output:
-        **{k: f"{RUN}/{f}" for k, f in EVAL_FILES.items()},
+        **{k: f"{DP.RUN}/{f}" for k, f in DP.EVAL_FILES.items()},
     params:
-        args=lambda w: args(weights=fmt(f"{RUN}/weights.safetensors", w), gate_examples=DYNSAN["run"]["gate_examples"],
+        args=lambda w: args(weights=fmt(f"{DP.RUN}/weights.safetensors", w), gate_examples=DYNSAN["run"]["gate_examples"],
                             device=DYNSAN["device"], dtype=DYNSAN["dtype"],
-                            **{k: v for k, v in files(DATA, DATA_FILES, {"dtask": w.dtask}).items() if k != "report"},
-                            **files(RUN, EVAL_FILES, dict(w.items()))),
+                            **{k: v for k, v in DP.files(DP.DATA, DP.DATA_FILES, {"dtask": w.dtask}).items() if k != "report"},
+                            **DP.files(DP.RUN, DP.EVAL_FILES, dict(w.items()))),
     conda:
         ENV_FILE
     log:
@@ -91,9 +89,9 @@ rule dynsan_evaluate:
 
 rule dynsan_efficiency:
     output:
-        table=TABLES["efficiency"],
+        table=DP.TABLES["efficiency"],
     params:
-        args=args(table=TABLES["efficiency"], device=DYNSAN["device"], dtype=DYNSAN["dtype"], **DYNSAN["efficiency"]),
+        args=args(table=DP.TABLES["efficiency"], device=DYNSAN["device"], dtype=DYNSAN["dtype"], **DYNSAN["efficiency"]),
     conda:
         ENV_FILE
     log:
@@ -117,16 +115,16 @@ rule dynsan_summarise:
         curves=[r["curve"] for r in DYNSAN_SUMMARY["runs"]],
         tokens=list(DYNSAN_SUMMARY["tokens"].values()),
         gates=list(DYNSAN_SUMMARY["gates"].values()),
-        efficiency=TABLES["efficiency"],
+        efficiency=DP.TABLES["efficiency"],
     output:
-        table=report(TABLES["table"], caption="../report/dynsan_table.rst", category="DynSAN"),
-        scores_figure=report(FIGURES["scores_figure"], caption="../report/dynsan_scores.rst", category="DynSAN"),
-        curves_figure=report(FIGURES["curves_figure"], caption="../report/dynsan_curves.rst", category="DynSAN"),
-        efficiency_figure=report(FIGURES["efficiency_figure"], caption="../report/dynsan_efficiency.rst",
+        table=report(DP.TABLES["table"], caption="../report/dynsan_table.rst", category="DynSAN"),
+        scores_figure=report(DP.FIGURES["scores_figure"], caption="../report/dynsan_scores.rst", category="DynSAN"),
+        curves_figure=report(DP.FIGURES["curves_figure"], caption="../report/dynsan_curves.rst", category="DynSAN"),
+        efficiency_figure=report(DP.FIGURES["efficiency_figure"], caption="../report/dynsan_efficiency.rst",
                                  category="DynSAN"),
-        gates_figure=report(FIGURES["gates_figure"], caption="../report/dynsan_gates.rst", category="DynSAN"),
+        gates_figure=report(DP.FIGURES["gates_figure"], caption="../report/dynsan_gates.rst", category="DynSAN"),
     params:
-        args=args(table=TABLES["table"], **FIGURES, **DYNSAN_SUMMARY),
+        args=args(table=DP.TABLES["table"], **DP.FIGURES, **DYNSAN_SUMMARY),
     conda:
         ENV_FILE
     log:
@@ -144,4 +142,4 @@ rule dynsan_summarise:
 rule dynsan:
     """Target: DynSAN runs (dynsan.run.tasks x variants x seeds), efficiency sweep, tables and figures."""
     input:
-        rules.dynsan_summarise.output if dynsan_grid(config) else [],
+        rules.dynsan_summarise.output if DP.grid(config) else [],
