@@ -40,6 +40,11 @@ STEPS = {
     "summarise-lpt": "lpt.report:summarise_lpt",
     "kpt-run": "kpt.steps:run",
     "summarise-kpt": "kpt.report:summarise_kpt",
+    "dynsan-prepare": "dynsan.steps:prepare",
+    "dynsan-train": "dynsan.steps:train",
+    "dynsan-evaluate": "dynsan.steps:evaluate",
+    "dynsan-efficiency": "dynsan.steps:efficiency",
+    "dynsan-summarise": "dynsan.report:summarise",
 }
 
 

@@ -202,6 +202,7 @@ def _check_references(cfg: dict, origin: str) -> None:
     check_projector(cfg, origin)
     check_efficient(cfg, origin)
     check_kpt(cfg, origin)
+    check_dynsan(cfg, origin)
     for name, model in cfg["models"].items():
         source = model["source"]
         local = _path_test(lambda: is_local_path(source), f"{origin}: key 'models.{name}.source'")
@@ -395,6 +396,75 @@ def check_spec(value: Any, kind: str, where: str) -> None:
         if set(value["label_words"]) != set(value["label_names"]):
             raise UserError(f"{where}: key 'label_words': keys {sorted(value['label_words'])} must match "
                             f"label_names {value['label_names']}")
+
+
+def check_dynsan(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``dynsan:`` section: listed tasks and variants exist, every listed variant
+    resolves to valid settings, sources fit the task kind, local files exist."""
+    from .dynsan.config import resolve_variant
+
+    sec = cfg["dynsan"]
+    run = sec["run"]
+    for kind, pool in (("tasks", sec["tasks"]), ("variants", sec["variants"])):
+        for name in run[kind]:
+            if name not in pool:
+                raise UserError(f"{origin}: key 'dynsan.run.{kind}': unknown {kind[:-1]} '{name}'; "
+                                f"defined in dynsan.{kind}: {', '.join(sorted(pool)) or '(none)'}")
+    for name in run["variants"]:
+        for task in run["tasks"]:
+            try:
+                dynsan_settings(cfg, task, name)
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{origin}: key 'dynsan.variants.{name}' (task '{task}'): {e}") from None
+    for name, task in sec["tasks"].items():
+        key = f"{origin}: key 'dynsan.tasks.{name}"
+        src = task["source"]
+        given = [k for k in ("demo", "hub", "path") if k in src]
+        if len(given) != 1:
+            raise UserError(f"{key}.source': give exactly one of demo, hub or path; got {sorted(src)}")
+        if "demo" in src:
+            want = "candidates" if src["demo"] == "bridge_candidates" else "span"
+            if task["kind"] != want:
+                raise UserError(f"{key}.kind': demo '{src['demo']}' is a {want} task, not {task['kind']}")
+        if "hub" in src and not (src.get("format") or src.get("fields")):
+            raise UserError(f"{key}.source': a hub source needs format (searchqa, quasar, qangaroo) or fields")
+        if src.get("format") == "qangaroo" and task["kind"] != "candidates":
+            raise UserError(f"{key}.kind': qangaroo (WikiHop) data is a candidates task")
+        if "path" in src and name in run["tasks"]:
+            paths = src["path"] if isinstance(src["path"], dict) else {"all": src["path"]}
+            for split, path in paths.items():
+                if not Path(path).exists():
+                    raise UserError(f"{key}.source.path': data file '{path}' does not exist "
+                                    f"(relative paths are read from {Path.cwd()})")
+        unknown = set(task.get("train") or {}) - set(sec["train"])
+        if unknown:
+            raise UserError(f"{key}.train': unknown training setting(s) {sorted(unknown)}")
+    emb = sec["embeddings"]["source"]
+    if emb != "embedded:minilm-l6" and run["tasks"] and not Path(emb).expanduser().exists():
+        raise UserError(f"{origin}: key 'dynsan.embeddings.source': '{emb}' is neither embedded:minilm-l6 nor an "
+                        f"existing word-vector file or model folder")
+
+
+def dynsan_settings(cfg: dict, task: str, variant: str) -> tuple[dict, dict, int]:
+    """(model settings, train settings, passages) of one DynSAN run: the section's settings, the
+    task's overrides, then the variant's."""
+    from .dynsan.config import resolve_variant
+
+    sec = cfg["dynsan"]
+    spec = sec["tasks"][task]
+    train = dict(sec["train"], **(spec.get("train") or {}))
+    passages = dict(sec["limits"], **(spec.get("limits") or {}))["passages"]
+    return resolve_variant(sec["model"], train, sec["variants"][variant], passages)
+
+
+def dynsan_task_spec(cfg: dict, task: str) -> dict:
+    """What the data job of a DynSAN task depends on: source, kind, splits, caps, limits, embeddings."""
+    sec = cfg["dynsan"]
+    spec = copy.deepcopy(sec["tasks"][task])
+    spec.pop("train", None)
+    limits = dict(sec["limits"], **(spec.pop("limits", None) or {}))
+    spec["name"] = task
+    return {"task": spec, "limits": limits, "embeddings": sec["embeddings"], "max_chars": sec["model"]["max_chars"]}
 
 
 # --- queries used by the Snakefile and the steps -------------------------------------------

@@ -53,7 +53,7 @@ wildcard_constraints:
 # Nothing in a grid of embedded models and demo/local data may touch the network.
 _offline = all(config["models"][m]["source"].startswith(("embedded:", "tiny:")) for m in MODELS) and all(
     "hub" not in config["tasks"][t]["source"] for t in TASKS
-)
+) and all("hub" not in config["dynsan"]["tasks"][t]["source"] for t in config["dynsan"]["run"]["tasks"])
 if _offline:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -1,0 +1,453 @@
+"""DynSAN steps (rules call these): prepare a task, train a variant, evaluate it, benchmark efficiency."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import UserError
+from ..io import load_tensors, read_json, read_parquet, save_tensors, stable_hash, write_json, write_parquet
+from ..runtime import resolve_device, seed_everything, set_threads
+from .config import ModelConfig, TrainConfig
+from .metrics import best_over_golds, exact_match, f1
+from .model import DynSABlock, DynSAN, best_spans, candidate_log_probs, candidate_loss, span_marginal_loss
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "dev", "test")
+
+
+# --- prepare ------------------------------------------------------------------------------------------
+
+def prepare(*, task: dict, embeddings: dict, limits: dict, max_chars: int, tokens: str, vocab: str,
+            report: str) -> None:
+    """Records -> splits -> tokens and spans (Parquet), the compact vocabulary's vectors and
+    characters (safetensors) and a data report (JSON). Bad data fails before anything is written."""
+    from .data import assign_splits, char_table, load_embeddings, load_records, tokenise_task
+
+    kind = task.get("kind", "span")
+    recs, origin = load_records(task)
+    recs = assign_splits(recs, task)
+    emb = load_embeddings(embeddings)
+    df, compact, extra = tokenise_task(recs, emb, limits, kind)
+    for split in SPLITS:
+        if not (df["split"] == split).any() if len(df) else True:
+            raise UserError(f"{origin}: task '{task['name']}': the {split} split is empty after preparation "
+                            f"(training questions without an answer span are dropped: "
+                            f"{extra['report']['dropped_train_without_span']}); add data or raise the caps")
+    vectors = torch.zeros(len(compact) + 2, emb.table.shape[1])
+    if compact:
+        vectors[2:] = emb.table[torch.tensor([i for _, i in compact], dtype=torch.long)]
+    toks = ["[PAD]", "[NONE]"] + [t for t, _ in compact]
+    chars, alphabet = char_table(toks, emb, max_chars)
+    chars[:2] = 0
+    meta = {"task": task["name"], "kind": kind, "embedding": emb.name, "tokens": toks, "n_chars": len(alphabet) + 1,
+            "spec_hash": stable_hash([task, embeddings, limits, max_chars])}
+    rep = dict(extra["report"], task=task["name"], kind=kind, origin=origin, embedding=emb.name,
+               embedding_dim=int(emb.table.shape[1]))
+    log.info("dynsan task %s: %s", task["name"], rep)
+    save_tensors({"vectors": vectors, "chars": torch.from_numpy(chars)}, vocab, metadata=meta)
+    write_parquet(df, tokens, metadata={"step": "dynsan_prepare", "task": task["name"], "spec_hash": meta["spec_hash"]})
+    write_json(rep, report)
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+class Questions:
+    """The prepared questions of one split with ``passages`` kept per question."""
+
+    def __init__(self, df: pd.DataFrame, passages: int, kind: str, train: bool = False):
+        self.rows = df.to_dict("records")
+        self.kind, self.passages = kind, passages
+        if train:  # spans in passages beyond the cap are lost; a question left without one cannot train
+            self.rows = [r for r in self.rows if self._has_target(r)]
+
+    def _has_target(self, r) -> bool:
+        return any(p < self.passages for p in r["span_p"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx, device) -> dict:
+        rows = [self.rows[i] for i in idx]
+        b = len(rows)
+        n_p = max(min(len(r["p_ids"]), self.passages) for r in rows)
+        lp = max(len(p) for r in rows for p in r["p_ids"][: self.passages])
+        lq = max(len(r["q_ids"]) for r in rows)
+        q = np.zeros((b, lq), dtype=np.int64)
+        p = np.zeros((b, n_p, lp), dtype=np.int64)
+        passage_of = np.full((b, n_p * lp), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            q[i, : len(r["q_ids"])] = r["q_ids"]
+            for j, ids in enumerate(r["p_ids"][: self.passages]):
+                p[i, j, : len(ids)] = ids
+                passage_of[i, j * lp: j * lp + len(ids)] = j
+        spans = [[(pp * lp + s, pp * lp + e) for pp, s, e in zip(r["span_p"], r["span_s"], r["span_e"]) if pp < n_p]
+                 for r in rows]
+        n_s = max(1, max(len(s) for s in spans))
+        span_t = np.zeros((b, n_s, 2), dtype=np.int64)
+        span_m = np.zeros((b, n_s), dtype=bool)
+        for i, s in enumerate(spans):
+            if s:
+                span_t[i, : len(s)] = s
+                span_m[i, : len(s)] = True
+        out = {"q_ids": torch.from_numpy(q), "q_mask": torch.from_numpy(q > 0), "p_ids": torch.from_numpy(p),
+               "p_mask": torch.from_numpy(p > 0), "passage_of": torch.from_numpy(passage_of),
+               "spans": torch.from_numpy(span_t), "span_mask": torch.from_numpy(span_m), "lp": lp}
+        if self.kind == "candidates":
+            n_c = max(len(r["candidates"]) for r in rows)
+            men = np.zeros((b, n_c, n_p * lp), dtype=bool)
+            for i, r in enumerate(rows):
+                for c, pp, s, e in zip(r["mention_c"], r["mention_p"], r["mention_s"], r["mention_e"]):
+                    if pp < n_p:
+                        men[i, c, pp * lp + s: pp * lp + e + 1] = True
+            out["mentions"] = torch.from_numpy(men)
+            out["answer"] = torch.tensor([r["answer_index"] for r in rows])
+        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+
+def build_model(model_settings: dict, vocab_path: str, kind: str) -> tuple[DynSAN, dict]:
+    tensors, meta = load_tensors(vocab_path)
+    cfg = ModelConfig.from_dict(model_settings)
+    return DynSAN(cfg, tensors["vectors"], tensors["chars"][:, : cfg.max_chars], meta["n_chars"], kind), meta
+
+
+def task_loss(model: DynSAN, out, batch) -> torch.Tensor:
+    start, end = out
+    if model.kind == "candidates":
+        return candidate_loss(start, batch["mentions"], batch["answer"])
+    return span_marginal_loss(start, end, batch["spans"], batch["span_mask"])
+
+
+@torch.no_grad()
+def predict(model: DynSAN, data: Questions, batch_size: int, device, max_answer_length: int, amp=None,
+            limit: int = 0) -> pd.DataFrame:
+    """One row per question: id, prediction, passage, score, gold, em, f1 (candidate tasks: em = accuracy)."""
+    model.eval()
+    n = len(data) if not limit else min(limit, len(data))
+    rows = []
+    for lo in range(0, n, batch_size):
+        idx = list(range(lo, min(n, lo + batch_size)))
+        batch = data.batch(idx, device)
+        with amp or torch.autocast("cpu", enabled=False):
+            start, end = model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
+        lp = batch["lp"]
+        if model.kind == "candidates":
+            lp_c = candidate_log_probs(start, batch["mentions"])
+            best = lp_c.argmax(-1)
+            for j, i in enumerate(idx):
+                r = data.rows[i]
+                c = int(best[j])
+                pred = r["candidates"][c] if c < len(r["candidates"]) else ""
+                men = [pp for cc, pp in zip(r["mention_c"], r["mention_p"]) if cc == c]
+                rows.append({"id": r["id"], "prediction": pred, "passage": int(men[0]) if men else -1,
+                             "score": float(lp_c[j, c]), "gold": list(r["answers"]),
+                             "em": 100.0 * float(pred == r["candidates"][r["answer_index"]]), "f1": float("nan")})
+            continue
+        s, e, sc = best_spans(start, end, batch["passage_of"], max_answer_length)
+        for j, i in enumerate(idx):
+            r = data.rows[i]
+            pp = int(s[j]) // lp
+            ss, ee = int(s[j]) - pp * lp, int(e[j]) - pp * lp
+            text = r["passages"][pp][r["p_starts"][pp][ss]: r["p_ends"][pp][ee]] if math.isfinite(float(sc[j])) else ""
+            gold = list(r["answers"])
+            rows.append({"id": r["id"], "prediction": text, "passage": pp, "score": float(sc[j]), "gold": gold,
+                         "em": 100.0 * best_over_golds(exact_match, text, gold),
+                         "f1": 100.0 * best_over_golds(f1, text, gold)})
+    return pd.DataFrame(rows)
+
+
+def summary_scores(pred: pd.DataFrame, kind: str) -> dict:
+    if kind == "candidates":
+        return {"accuracy": float(pred["em"].mean()) if len(pred) else 0.0, "n": len(pred)}
+    return {"em": float(pred["em"].mean()) if len(pred) else 0.0, "f1": float(pred["f1"].mean()) if len(pred) else 0.0,
+            "n": len(pred)}
+
+
+def main_score(scores: dict) -> float:
+    return scores["accuracy"] if "accuracy" in scores else scores["f1"]
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the trainable weights; decay min(decay, (1+t)/(10+t)) so that
+    short runs are not dominated by the initial weights."""
+
+    def __init__(self, params: dict, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, p in params.items():
+            self.shadow[n].lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def swap(self, params: dict) -> None:
+        for n, p in params.items():
+            tmp = p.detach().clone()
+            p.copy_(self.shadow[n])
+            self.shadow[n] = tmp
+
+
+def _device(device: str) -> torch.device:
+    """The project's device resolution (a clear error without CUDA; the test-only CPU fallback)."""
+    return resolve_device({"device": device, "name": "dynsan (dynsan.device)"})
+
+
+def _amp(device: torch.device, dtype: str):
+    if device.type == "cuda" and dtype in ("bfloat16", "float16"):
+        return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    return torch.autocast("cpu", enabled=False)
+
+
+def _save_checkpoint(path: str, params: dict, optimizer, ema: EMA, best: dict, state: dict, tag: str) -> None:
+    tensors = {}
+    for n, p in params.items():
+        tensors[f"param.{n}"] = p.data
+        tensors[f"ema.{n}"] = ema.shadow[n]
+        tensors[f"best.{n}"] = best[n]
+        st = optimizer.state.get(p)
+        if st:
+            tensors[f"opt.{n}.exp_avg"] = st["exp_avg"]
+            tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"]
+            state.setdefault("opt_steps", {})[n] = float(st["step"])
+    save_tensors(tensors, path, metadata={"tag": tag, "state": state})  # one file: never torn
+
+
+def _load_checkpoint(path: str, params: dict, optimizer, ema: EMA, tag: str) -> tuple[dict, dict]:
+    tensors, meta = load_tensors(path)
+    if meta.get("tag") != tag:
+        raise RuntimeError("checkpoint belongs to other settings")
+    state = meta["state"]
+    best = {}
+    for n, p in params.items():
+        p.data.copy_(tensors[f"param.{n}"])
+        ema.shadow[n] = tensors[f"ema.{n}"].to(p.device)
+        best[n] = tensors[f"best.{n}"]
+        if f"opt.{n}.exp_avg" in tensors:
+            optimizer.state[p] = {"step": torch.tensor(state["opt_steps"][n]),
+                                  "exp_avg": tensors[f"opt.{n}.exp_avg"].to(p.device),
+                                  "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device)}
+    return state, best
+
+
+def train(*, task: str, variant: str, kind: str, model_settings: dict, train_settings: dict, passages: int,
+          seed: int, tokens: str, vocab: str, weights: str, curve: str, meta: str, checkpoint: str,
+          device: str = "cpu", dtype: str = "float32", threads: int = 1, stop_after: int | None = None) -> None:
+    """Train one (task, variant, seed); resumable from ``checkpoint`` (written every
+    ``checkpoint_every`` steps, removed at the end). ``stop_after``: end the process after that
+    many steps, leaving the checkpoint (tests of resuming)."""
+    from ..flops import peak_memory
+
+    set_threads(threads)
+    seed_everything(seed)
+    dev = _device(device)
+    tcfg = TrainConfig.from_dict(train_settings)
+    df = read_parquet(tokens)
+    train_q = Questions(df[df["split"] == "train"], passages, kind, train=True)
+    dev_q = Questions(df[df["split"] == "dev"], passages, kind)
+    if len(train_q) == 0:
+        raise UserError(f"{tokens}: no training question keeps an answer span within {passages} passages")
+    torch.manual_seed(seed)
+    model, vmeta = build_model(model_settings, vocab, kind)
+    model.to(dev)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.Adam(list(params.values()), lr=tcfg.lr)
+    ema = EMA(params, tcfg.ema_decay)
+    amp = _amp(dev, dtype)
+    tag = stable_hash([task, variant, kind, model_settings, train_settings, passages, seed, vmeta.get("spec_hash")])
+    state = {"step": 0, "best_score": -1.0, "best_step": 0, "elapsed": 0.0, "train_seconds": 0.0, "curve": []}
+    best = {n: p.detach().cpu().clone() for n, p in ema.shadow.items()}
+    if Path(checkpoint).exists():
+        try:
+            state, best = _load_checkpoint(checkpoint, params, optimizer, ema, tag)
+            log.info("%s/%s: resumed from checkpoint at step %d", task, variant, state["step"])
+        except (RuntimeError, KeyError, UserError) as e:
+            log.warning("%s/%s: ignoring unusable checkpoint (%s)", task, variant, e)
+    per_epoch = max(1, len(train_q) // tcfg.batch_size)
+    order, order_epoch = None, -1
+    t0 = time.perf_counter() - state["elapsed"]
+    step_time, losses = 0.0, []
+    with peak_memory(dev) as mem:
+        while state["step"] < tcfg.steps:
+            step = state["step"]
+            epoch, pos = divmod(step, per_epoch)
+            if epoch != order_epoch:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                order, order_epoch = torch.randperm(len(train_q), generator=g), epoch
+            rows = order[pos * tcfg.batch_size:(pos + 1) * tcfg.batch_size].tolist()
+            torch.manual_seed(seed * 7_919 + step)  # dropout and random selection: a function of (seed, step)
+            ts = time.perf_counter()
+            batch = train_q.batch(rows, dev)
+            model.train()
+            for gr in optimizer.param_groups:
+                gr["lr"] = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else tcfg.lr
+            with amp:
+                out = model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
+            loss = task_loss(model, out, batch)
+            if tcfg.beta:
+                loss = loss + tcfg.beta * model.gate_l1()
+            if not torch.isfinite(loss):
+                raise UserError(f"{task}/{variant}: loss is {loss.item()} at step {step + 1}; lower train.lr "
+                                f"(now {tcfg.lr}) or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), tcfg.grad_clip)
+            optimizer.step()
+            ema.update(params, step)
+            step_time += time.perf_counter() - ts
+            losses.append(loss.item())
+            state["step"] = step = step + 1
+            if step % tcfg.eval_every == 0 or step == tcfg.steps:
+                ema.swap(params)
+                pred = predict(model, dev_q, tcfg.eval_batch_size, dev, tcfg.max_answer_length, amp, tcfg.eval_max)
+                ema.swap(params)
+                sc = summary_scores(pred, kind)
+                score = main_score(sc)
+                state["elapsed"] = time.perf_counter() - t0
+                state["curve"].append({"step": step, "loss": float(np.mean(losses)) if losses else float("nan"),
+                                       "dev_score": score, "elapsed_seconds": round(state["elapsed"], 3)})
+                losses = []
+                if score > state["best_score"]:
+                    state["best_score"], state["best_step"] = score, step
+                    best = {n: t.detach().cpu().clone() for n, t in ema.shadow.items()}
+                log.info("%s/%s seed %d: step %d/%d loss %.4f dev %.2f (best %.2f @ %d) %.1fs", task, variant, seed,
+                         step, tcfg.steps, state["curve"][-1]["loss"], score, state["best_score"],
+                         state["best_step"], state["elapsed"])
+            if step % tcfg.checkpoint_every == 0 and step < tcfg.steps:
+                state["elapsed"] = time.perf_counter() - t0
+                state["train_seconds"] = state.get("train_seconds", 0.0) + step_time
+                step_time = 0.0
+                _save_checkpoint(checkpoint, params, optimizer, ema, best, state, tag)
+                if stop_after is not None and step >= stop_after:
+                    log.info("stopping after step %d as asked (checkpoint kept)", step)
+                    return
+    steps_run = tcfg.steps
+    train_seconds = state.get("train_seconds", 0.0) + step_time
+    n_params = sum(p.numel() for p in params.values())
+    settings = {"task": task, "variant": variant, "kind": kind, "model": model_settings, "train": train_settings,
+                "passages": passages, "seed": seed}
+    provenance = {"settings": settings, "settings_hash": stable_hash(settings), "vocab_spec_hash": vmeta.get("spec_hash"),
+                  "embedding": vmeta.get("embedding"), "best_step": state["best_step"], "weights": "ema_best_dev"}
+    save_tensors(best, weights, metadata=provenance)
+    write_parquet(pd.DataFrame(state["curve"], columns=["step", "loss", "dev_score", "elapsed_seconds"]), curve,
+                  metadata=provenance)
+    write_json(dict(provenance, params=n_params, steps=steps_run, best_dev_score=state["best_score"],
+                    train_seconds=round(train_seconds, 3), step_seconds=train_seconds / steps_run,
+                    wall_seconds=round(time.perf_counter() - t0, 3),
+                    peak_memory_mb=round(mem.peak_mb, 1) if math.isfinite(mem.peak_mb) else None,
+                    memory_method=mem.method, device=str(dev)), meta)
+    Path(checkpoint).unlink(missing_ok=True)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+def evaluate(*, weights: str, tokens: str, vocab: str, predictions: str, scores: str, gates: str,
+             split: str = "test", gate_examples: int = 4, device: str = "cpu", dtype: str = "float32",
+             threads: int = 1) -> None:
+    """Score the trained (EMA, best-dev) weights on ``split``; per-question predictions; for a
+    few dev questions, the gate values and selections of the first cross-passage block."""
+    set_threads(threads)
+    dev = _device(device)
+    best, prov = load_tensors(weights)
+    s = prov["settings"]
+    tcfg = TrainConfig.from_dict(s["train"])
+    model, vmeta = build_model(s["model"], vocab, s["kind"])
+    model.load_state_dict(best, strict=False)
+    model.to(dev)
+    df = read_parquet(tokens)
+    data = Questions(df[df["split"] == split], s["passages"], s["kind"])
+    torch.manual_seed(s["seed"])
+    pred = predict(model, data, tcfg.eval_batch_size, dev, tcfg.max_answer_length, _amp(dev, dtype))
+    sc = dict(summary_scores(pred, s["kind"]), split=split, task=s["task"], variant=s["variant"], seed=s["seed"],
+              unanswerable=int((~df[df["split"] == split]["answerable"]).sum()), settings_hash=prov["settings_hash"])
+    log.info("%s/%s seed %d %s: %s", s["task"], s["variant"], s["seed"], split, sc)
+    gate_rows = gate_table(model, Questions(df[df["split"] == "dev"], s["passages"], s["kind"]), vmeta["tokens"],
+                           gate_examples, dev)
+    write_parquet(pred, predictions, metadata={"weights": weights, "settings_hash": prov["settings_hash"]})
+    write_parquet(gate_rows, gates, metadata={"weights": weights, "settings_hash": prov["settings_hash"]})
+    write_json(sc, scores)
+
+
+@torch.no_grad()
+def gate_table(model: DynSAN, data: Questions, vocab_tokens: list[str], n: int, device) -> pd.DataFrame:
+    """Per token of ``n`` dev questions: the first cross-passage block's gate (mean over heads), how
+    many heads selected it, whether it lies in a gold span and whether it occurs in the question."""
+    cols = ["id", "position", "passage", "token", "gate", "heads_selected", "in_answer", "in_question"]
+    blk = model.blocks[0]
+    if not (blk.use_gate and blk.use_attention and model.cfg.cross_passage) or n == 0 or len(data) == 0:
+        return pd.DataFrame(columns=cols)
+    model.eval()
+    out = []
+    for i in range(min(n, len(data))):
+        batch = data.batch([i], device)
+        model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
+        g = blk.last_gate[0].float().mean(0).cpu().numpy()
+        sel = np.zeros(len(g), dtype=int)
+        for h in blk.last_selected[0].cpu().numpy():
+            sel[h[h >= 0]] += 1
+        r, lp = data.rows[i], batch["lp"]
+        answer = set()
+        for s_, e_ in batch["spans"][0][batch["span_mask"][0]].tolist():
+            answer.update(range(s_, e_ + 1))
+        qtoks = {vocab_tokens[t] for t in r["q_ids"]}
+        ids = batch["p_ids"][0].reshape(-1).cpu().numpy()
+        for pos in np.nonzero(batch["p_mask"][0].reshape(-1).cpu().numpy())[0]:
+            tok = vocab_tokens[ids[pos]]
+            out.append({"id": r["id"], "position": int(pos), "passage": int(pos // lp), "token": tok,
+                        "gate": float(g[pos]), "heads_selected": int(sel[pos]), "in_answer": pos in answer,
+                        "in_question": tok in qtoks})
+    return pd.DataFrame(out, columns=cols)
+
+
+# --- efficiency ----------------------------------------------------------------------------------------
+
+def efficiency(*, lengths: list[int], k: int, variants: list[str], d: int, heads: int, blocks: int, steps: int,
+               table: str, device: str = "cpu", dtype: str = "float32", threads: int = 1) -> None:
+    """Step time and peak memory of a training step (forward + backward) of ``blocks`` DynSA blocks
+    on one sequence of each length, gated top-``k`` selection vs full self-attention (``all``).
+    ``peak_memory_mb`` is the peak above the memory in use before the steps."""
+    from ..flops import peak_memory
+
+    set_threads(threads)
+    dev = _device(device)
+    amp = _amp(dev, dtype)
+    rows = []
+    for length in lengths:
+        for variant in variants:
+            torch.manual_seed(0)
+            cfg = ModelConfig(d=d, heads=heads, k=k, dropout=0.0, selection=variant)
+            stack = torch.nn.ModuleList([DynSABlock(cfg) for _ in range(blocks)]).to(dev)
+            x = torch.randn(1, length, d, device=dev)
+            mask = torch.ones(1, length, dtype=torch.bool, device=dev)
+
+            def one_step():
+                h = x
+                with amp:
+                    for blk in stack:
+                        h = blk(h, mask)
+                h.float().pow(2).mean().backward()
+                stack.zero_grad(set_to_none=True)
+
+            one_step()  # warm-up
+            with peak_memory(dev) as mem:
+                t = time.perf_counter()
+                for _ in range(steps):
+                    one_step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                sec = (time.perf_counter() - t) / steps
+            rows.append({"variant": variant, "sequence_length": length, "k": k, "step_seconds": sec,
+                         "peak_memory_mb": max(0.0, mem.peak_mb - mem.baseline_mb), "memory_method": mem.method,
+                         "device": str(dev)})
+            log.info("efficiency: %s L=%d k=%d: %.4f s/step, +%.1f MB", variant, length, k, sec, rows[-1]["peak_memory_mb"])
+            del stack, x
+    write_parquet(pd.DataFrame(rows), table, metadata={"step": "dynsan_efficiency", "d": d, "heads": heads,
+                                                       "blocks": blocks, "steps": steps})
