@@ -61,11 +61,11 @@ def read_local(path: str, fmt: str | None = None) -> pd.DataFrame:
     return df
 
 
-def read_hub(src: dict) -> pd.DataFrame:
-    """Load the configured splits of a hub dataset (needs network or a warm HF cache)."""
+def hub_splits(src: dict):
+    """``(role, split, datasets.Dataset)`` for each configured split of a hub source ``{hub, subset?,
+    revision?, splits}`` (needs network or a warm HF cache); a failed load is one clear UserError."""
     import datasets
 
-    frames = []
     for role, split in (src.get("splits") or {"train": "train"}).items():
         if not split:
             continue
@@ -74,6 +74,13 @@ def read_hub(src: dict) -> pd.DataFrame:
         except Exception as e:  # network, unknown id or split: all surface as one clear message
             raise UserError(f"hub dataset '{src['hub']}' (subset {src.get('subset')}, split '{split}') "
                             f"could not be loaded: {type(e).__name__}: {e}") from None
+        yield role, split, ds
+
+
+def read_hub(src: dict) -> pd.DataFrame:
+    """Load the configured splits of a hub dataset."""
+    frames = []
+    for role, _, ds in hub_splits(src):
         df = ds.to_pandas()
         df["__split"] = role
         frames.append(df)

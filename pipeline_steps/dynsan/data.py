@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.prepare import hub_splits
 from ..errors import UserError
 from .metrics import normalize_answer
 
@@ -169,20 +170,11 @@ def read_local(path: str, fmt: str | None = None) -> list[dict]:
 
 
 def read_hub(src: dict) -> list[dict]:
-    import datasets
-
     fmt = dict(HUB_FORMATS.get(src.get("format", ""), {}), **(src.get("fields") or {}))
     if not fmt:
         raise UserError(f"hub dataset '{src['hub']}': give source.format ({', '.join(HUB_FORMATS)}) or source.fields")
     recs = []
-    for role, split in (src.get("splits") or {"train": "train"}).items():
-        if not split:
-            continue
-        try:
-            ds = datasets.load_dataset(src["hub"], src.get("subset"), split=split, revision=src.get("revision"))
-        except Exception as e:
-            raise UserError(f"hub dataset '{src['hub']}' (subset {src.get('subset')}, split '{split}') "
-                            f"could not be loaded: {type(e).__name__}: {e}") from None
+    for role, split, ds in hub_splits(src):
         for i, rec in enumerate(ds):
             rec = dict(rec, __split=role)
             recs.append(from_hub_record(rec, fmt, f"{split}:{i}"))
