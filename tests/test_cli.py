@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from pipeline_steps.cli import STEPS, main, resolve_step
 

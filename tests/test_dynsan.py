@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline_steps.dynsan.config import ModelConfig, TrainConfig, resolve_variant
+from pipeline_steps.dynsan.config import ModelConfig, resolve_variant
 from pipeline_steps.dynsan.model import (DynSABlock, DynSAN, best_spans, candidate_log_probs, candidate_loss,
                                          select_positions, span_marginal_loss)
 

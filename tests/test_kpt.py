@@ -370,7 +370,6 @@ def test_few_shot_prompt_mode_learns_word_weights_and_resumes(tiny_spec, topics_
     assert not list((tmp_path / "ckpt").glob("*"))  # finished: no checkpoint left
     # a finished variant is taken from its record on resume (the record is the only source here)
     first = scores.loc["manual", "score"]
-    from pipeline_steps.kpt import steps
 
     meta = read_json(tmp_path / "meta.json")
     row = scores.reset_index().iloc[0].to_dict()

@@ -6,7 +6,7 @@ import torch
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.errors import UserError
 from pipeline_steps.runtime import load_bundle
-from pipeline_steps.training import (Checkpoint, TokenizedSplit, TrainState, adam_state, score, train_module,
+from pipeline_steps.training import (Checkpoint, TokenizedSplit, TrainState, score, train_module,
                                      train_prompt)
 from pipeline_steps.prompt_tuning.config import PromptTuningConfig
 from pipeline_steps.prompt_tuning.model import PromptModel, init_prompt

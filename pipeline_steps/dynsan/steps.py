@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from ..errors import UserError
-from ..io import load_tensors, read_json, read_parquet, save_tensors, stable_hash, write_json, write_parquet
+from ..io import load_tensors, read_parquet, save_tensors, stable_hash, write_json, write_parquet
 from ..runtime import resolve_device, seed_everything, set_threads
 from .config import ModelConfig, TrainConfig
 from .metrics import best_over_golds, exact_match, f1
