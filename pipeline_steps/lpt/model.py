@@ -15,8 +15,9 @@ from .config import LatePromptConfig
 class LayerRunner:
     """Embeddings, a range of encoder layers, and the final transform, called one by one, so
     a sequence can be changed between two layers. BERT/RoBERTa: ``embeddings`` then
-    ``encoder.layer``; T5: the encoder stack's ``block`` (relative position bias from block 0)
-    then ``final_layer_norm``."""
+    ``encoder.layer``; MPNet: the same, with the encoder's relative position bias (for the
+    sequence's length) passed to every layer; T5: the encoder stack's ``block`` (relative position
+    bias from block 0) then ``final_layer_norm``."""
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
@@ -42,8 +43,12 @@ class LayerRunner:
 
         mask = create_bidirectional_mask(config=self.stack.config, inputs_embeds=hidden, attention_mask=attention_mask)
         if not self.is_t5:
+            extra = ()
+            if hasattr(self.stack.encoder, "compute_position_bias"):  # MPNet
+                extra = (self.stack.encoder.compute_position_bias(hidden),)
             for layer in self.layers[start:stop]:
-                hidden = layer(hidden, mask)
+                out = layer(hidden, mask, *extra)
+                hidden = out[0] if isinstance(out, tuple) else out
             return hidden
         length = hidden.shape[1]
         bias = self.layers[0].layer[0].SelfAttention.compute_bias(length, length, device=hidden.device)

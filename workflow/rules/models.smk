@@ -1,8 +1,10 @@
 # Models built by the workflow: MiniLM-L3 converted from ONNX (checked against the ONNX
-# model's own output), and the tiny random-init test models.
+# model's own output), MPNet-base assembled from its pinned, checksummed split-zip packages
+# (optional: scripts/setup.sh --mpnet), and the tiny random-init test models.
 
 BUILT_MODELS = {
     "minilm-l3": "embedded:minilm-l3",
+    "mpnet-base": "embedded:mpnet-base",
     "tiny-bert": "tiny:bert",
     "tiny-roberta": "tiny:roberta",
     "tiny-t5": "tiny:t5",
