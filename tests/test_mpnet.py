@@ -197,3 +197,20 @@ def test_mpnet_base_layer_by_layer_matches_the_encoder(mpnet_dir):
     m = enc["attention_mask"].bool()
     assert runner.num_layers == 12
     assert (h - whole)[m].abs().max() < 1e-4
+
+
+@needs_mpnet
+def test_mpnet_base_partial_model_for_fpt(mpnet_dir):
+    """FPT's compound partial model of MPNet: 4 of 12 layers, 1044 of 3072 FFN neurons, and it runs."""
+    from pipeline_steps.models.partial import build_partial, plan_partial
+
+    spec = {"name": "mpnet", "source": str(mpnet_dir)}
+    full = Backbone(registry.load_hf_model(spec))
+    part = build_partial(full, plan_partial(full, 0.34, 0.34),
+                         {f"encoder.{i}": torch.rand(3072, generator=torch.Generator().manual_seed(i)) for i in range(12)})
+    assert part.num_layers == 4 and [m.dense.out_features for _, m in part.ffn_modules()] == [1044] * 4
+    assert full.num_layers == 12 and full.ffn_modules()[0][1].dense.out_features == 3072  # untouched
+    ids = registry.load_tokenizer(spec)(["a fine film"], return_tensors="pt")
+    with torch.no_grad():
+        h = part.encode(part.embed(ids["input_ids"]), ids["attention_mask"])
+    assert h.shape == (1, ids["input_ids"].shape[1], 768) and torch.isfinite(h).all()
