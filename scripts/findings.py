@@ -78,8 +78,7 @@ def main() -> None:
                   f"{fmt(g.init_dev_at_10)} vs random {fmt(g.random_dev_at_10)}")
     if (ic := table("indicator_correlation")) is not None:
         print("\n## Indicator correlation (Spearman, 95% bootstrap interval over seeds and pairs)\n")
-        sel = ic[ic.layers.isin(["all"]) | ic.indicator.str.startswith("on")]
-        for _, r in sel[sel.layers == "all"].iterrows():
+        for _, r in ic[ic.layers == "all"].iterrows():
             print(f"- {r.model} {r.indicator} ({r.layers}) vs {r.performance}: rho {r.spearman:.2f} "
                   f"[{r.ci_low:.2f}, {r.ci_high:.2f}], p {r.p_value:.3f}, {r.n_pairs} pairs, {r.n_seeds} seeds")
     for name in ("fpt", "lpt"):
