@@ -407,7 +407,6 @@ def check_spec(value: Any, kind: str, where: str) -> None:
 def check_dynsan(cfg: dict, origin: str = "config") -> None:
     """Cross-checks of the ``dynsan:`` section: listed tasks and variants exist, every listed variant
     resolves to valid settings, sources fit the task kind, local files exist."""
-
     sec = cfg["dynsan"]
     run = sec["run"]
     for kind, pool in (("tasks", sec["tasks"]), ("variants", sec["variants"])):
