@@ -45,6 +45,7 @@ STEPS = {
     "dynsan-evaluate": "dynsan.steps:evaluate",
     "dynsan-efficiency": "dynsan.steps:efficiency",
     "dynsan-summarise": "dynsan.report:summarise",
+    "claims": "claims.steps:evaluate",
 }
 
 

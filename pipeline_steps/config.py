@@ -474,9 +474,10 @@ def dynsan_task_spec(cfg: dict, task: str) -> dict:
 # --- queries used by the Snakefile and the steps -------------------------------------------
 
 def task_spec(cfg: dict, task: str) -> dict:
-    """Everything the data stage of ``task`` depends on (prompt settings excluded)."""
+    """Everything the data stage of ``task`` depends on (prompt settings and the task's kind excluded)."""
     spec = copy.deepcopy(cfg["tasks"][task])
     spec.pop("prompt_tuning", None)
+    spec.pop("kind", None)  # read by the claims stage only
     spec["name"] = task
     return spec
 

@@ -86,6 +86,25 @@ def _rank_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _bootstrap_indices(groups, n: int, n_boot: int, seed: int):
+    """``n_boot`` resamples of row indices: groups drawn with replacement, then rows with replacement
+    within each drawn group (every row its own group's member; ``groups`` None = one group)."""
+    g = np.zeros(n, dtype=np.int64) if groups is None else pd.factorize(np.asarray(groups))[0]
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(g == k) for k in np.unique(g)]
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(members), len(members))
+        yield np.concatenate([rng.choice(members[c], len(members[c]), replace=True) for c in chosen])
+
+
+def _percentile_interval(values: list, n_boot: int, confidence: float) -> tuple[float, float]:
+    if len(values) < n_boot / 2:
+        return math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_spearman(x, y, groups=None, n_boot: int = 1000, seed: int = 0,
                        confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Percentile bootstrap interval of Spearman's rho (NaN pairs dropped).
@@ -95,25 +114,29 @@ def bootstrap_spearman(x, y, groups=None, n_boot: int = 1000, seed: int = 0,
     Resamples with an undefined rho (a constant side) are skipped; NaN with fewer than 3 pairs or
     when fewer than half of the resamples give a rho. Deterministic for a given ``seed``."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    g = np.zeros(len(x), dtype=np.int64) if groups is None else pd.factorize(np.asarray(groups))[0]
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y, g = x[keep], y[keep], g[keep]
+    x, y = x[keep], y[keep]
+    groups = None if groups is None else np.asarray(groups)[keep]
     if len(x) < 3:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(g == k) for k in np.unique(g)]
-    rhos = []
-    for _ in range(n_boot):
-        chosen = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([rng.choice(members[c], len(members[c]), replace=True) for c in chosen])
-        r = _rank_corr(x[idx], y[idx])
-        if not math.isnan(r):
-            rhos.append(r)
-    if len(rhos) < n_boot / 2:
+    rhos = [r for idx in _bootstrap_indices(groups, len(x), n_boot, seed)
+            if not math.isnan(r := _rank_corr(x[idx], y[idx]))]
+    return _percentile_interval(rhos, n_boot, confidence)
+
+
+def bootstrap_spearman_difference(x1, x2, y, groups=None, n_boot: int = 1000, seed: int = 0,
+                                  confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``rho(x1, y) - rho(x2, y)``: both correlations on the same
+    resample (paired), resampled as in :func:`bootstrap_spearman`; rows with a NaN dropped."""
+    x1, x2, y = (np.asarray(a, dtype=float) for a in (x1, x2, y))
+    keep = np.isfinite(x1) & np.isfinite(x2) & np.isfinite(y)
+    x1, x2, y = x1[keep], x2[keep], y[keep]
+    groups = None if groups is None else np.asarray(groups)[keep]
+    if len(y) < 3:
         return math.nan, math.nan
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(rhos, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    diffs = [d for idx in _bootstrap_indices(groups, len(y), n_boot, seed)
+             if not math.isnan(d := _rank_corr(x1[idx], y[idx]) - _rank_corr(x2[idx], y[idx]))]
+    return _percentile_interval(diffs, n_boot, confidence)
 
 
 # --- training curves ---------------------------------------------------------------------------------

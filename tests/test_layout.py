@@ -95,7 +95,7 @@ def test_config_validation_does_not_import_method_code():
 
 @pytest.mark.parametrize("module", ["pipeline_steps.config", "pipeline_steps.cli", "pipeline_steps.figures",
                                     "pipeline_steps.prompt_tuning.report", "pipeline_steps.transferability.report",
-                                    "pipeline_steps.fpt.report", "pipeline_steps.lpt.report"])
+                                    "pipeline_steps.fpt.report", "pipeline_steps.lpt.report", "pipeline_steps.claims.steps"])
 def test_light_modules_import_neither_torch_nor_transformers(module):
     code = (f"import sys, {module}; heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
             f"print(','.join(heavy))")

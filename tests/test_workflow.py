@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from helpers import TINY, outputs, snakemake, snakemake_cli
+from pipeline_steps.claims.spec import load_claims
 
 pytestmark = pytest.mark.workflow
 
@@ -42,6 +43,15 @@ def test_full_run_then_noop_then_incremental(workdir):
     corr = pd.read_parquet(workdir / "results/tables/indicator_correlation.parquet")
     assert {"indicator", "layers", "spearman", "p_value", "n_pairs"} <= set(corr.columns)
     assert table["test_score"].between(0, 1).all() and (table["verbalizer"] == "mlm").all()
+    claims = pd.read_parquet(workdir / "results/tables/claims.parquet")
+    assert set(claims["verdict"]) <= {"reproduced", "not reproduced", "inconclusive", "not run"}
+    assert set(claims["claim_id"]) == {c["id"] for c in load_claims()["claims"]}
+    by_id = claims.set_index("claim_id")
+    # the tiny tasks declare no kind, and no FPT grid runs: not run, naming the keys that add them
+    assert by_id.loc["transferability.same_kind_transfer", "verdict"] == "not run"
+    assert "tasks.<name>.kind" in by_id.loc["transferability.same_kind_transfer", "note"]
+    assert by_id.loc["fpt.less_compute", "verdict"] == "not run" and "fpt.models" in by_id.loc["fpt.less_compute", "note"]
+    assert (workdir / "results/figures/claims.png").stat().st_size > 0
     for f in ["results/figures/prompt_tuning_scores.png", "results/figures/prompt_tuning_curves.png",
               "results/models/tiny-bert/model.safetensors", "results/prompts/tiny-bert/movies/seed1/prompt.safetensors"]:
         assert (workdir / f).stat().st_size > 0, f
@@ -132,7 +142,7 @@ def test_report_holds_every_figure_and_renders(workdir, tmp_path):
     for fig in figures:
         assert fig.name in html, fig.name
         assert hashlib.sha256(fig.read_bytes()).hexdigest() in embedded, f"{fig.name} is not embedded as drawn"
-    for text in ["1. Prompt tuning", "2. Cross-task transfer", "3. Transferability indicators",
+    for text in ["0. Claims", "1. Prompt tuning", "2. Cross-task transfer", "3. Transferability indicators",
                  "4. Cross-model projection", "Heatmap per model", "Prompt-tuning research workflow"]:
         assert text in html, text
 
@@ -145,3 +155,4 @@ def test_report_holds_every_figure_and_renders(workdir, tmp_path):
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
                           "--dump-dom", f"file://{report}"], capture_output=True, text=True, timeout=180).stdout
     assert "Prompt tuning" in dom and "Cross-task transfer" in dom, dom[:2000]  # the app drew its menu
+    assert dom.index("0. Claims") < dom.index("1. Prompt tuning")  # the claims page comes first
