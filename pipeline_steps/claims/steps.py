@@ -119,14 +119,17 @@ def evaluate(*, claims: str, tables: dict, data: dict, task_kinds: dict, model_s
     counts = df["verdict"].value_counts()
     log.info("claims: %s", ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS))
     for _, r in df.iterrows():
-        log.info("  %-44s %-15s %s", r["claim_id"], r["verdict"], r["detail"] or r["models"])
+        log.info("  %-40s %-15s %9.3g [%.3g, %.3g] %s", r["claim_id"], r["verdict"], r["effect"], r["ci_low"],
+                 r["ci_high"], _label(r, 100))
     return df
 
 
-def _label(r) -> str:
-    parts = [p for p in (r["models"], r["tasks"].replace(",", " ") if len(r["tasks"]) < 40 else "",
-                         "" if pd.isna(r["shots"]) else f"{r['shots']}-shot", r["detail"]) if p]
-    return textwrap.shorten(" | ".join(parts) or "(not run)", 70)
+def _label(r, width: int = 58) -> str:
+    """A row's setting in a few words: models, tasks (when few), shots, the detail's values."""
+    detail = [part.split("=", 1)[-1] for part in r["detail"].split(", ") if part]
+    parts = [p for p in (r["models"], r["tasks"].replace(",", " ") if r["tasks"].count(",") < 2 else "",
+                         "" if pd.isna(r["shots"]) else f"{r['shots']}-shot", *detail) if p]
+    return textwrap.shorten(" | ".join(parts) or "(not run)", width, placeholder="...")
 
 
 def plot_claims(df: pd.DataFrame, path: str) -> None:
@@ -142,8 +145,8 @@ def plot_claims(df: pd.DataFrame, path: str) -> None:
     heights = [1.0 + 0.18 * df["paper"].nunique()] + [
         0.9 + 0.28 * max(int((df["claim_id"] == c).sum()) for c in claims[i * ncols:(i + 1) * ncols])
         for i in range(nrows)]
-    fig = plt.figure(figsize=(18, sum(heights) + 0.6))
-    grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=heights, hspace=0.9, wspace=0.75)
+    fig = plt.figure(figsize=(21, sum(heights) + 0.6))
+    grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=heights, hspace=0.9, wspace=1.0, top=0.95, bottom=0.03)
     ax = fig.add_subplot(grid[0, :])
     papers = list(dict.fromkeys(df["paper"]))
     counts = df.groupby(["paper", "verdict"]).size().unstack(fill_value=0).reindex(index=papers, fill_value=0)
@@ -184,10 +187,10 @@ def plot_claims(df: pd.DataFrame, path: str) -> None:
             ax.axvspan(null, max(lim[1], null + 1e-9) if claimed[0] == ">" else min(lim[0], null - 1e-9),
                        color="#2e7d32", alpha=0.08)
             ax.set_xlim(lim)
-        ax.set_yticks(y, [_label(r) for _, r in part.iterrows()], fontsize=6)
+        ax.set_yticks(y, [_label(r, 48) for _, r in part.iterrows()], fontsize=6)
         ax.set_ylim(len(part) - 0.5, -0.5)
         ax.tick_params(axis="x", labelsize=7)
-        ax.set_xlabel(textwrap.shorten(f"{first['effect_name']} (claimed {claimed})", 75), fontsize=7)
+        ax.set_xlabel("\n".join(textwrap.wrap(f"{first['effect_name']} (claimed {claimed})", 70)), fontsize=7)
         ax.set_title(f"{claim}", fontsize=8, loc="left")
     fig.suptitle("The papers' claims on this run: effect with 95% interval (colour: verdict); "
                  "shaded: the claimed side; diamond: the paper's number (filled: same setting)", fontsize=10)

@@ -15,6 +15,7 @@ CLAIMS = dict(table="results/tables/claims.parquet", figure="results/figures/cla
 # every summary table the claims can read -> its path, kept where this config's stage targets build it
 _STAGE_OUTPUTS = {str(p) for target in (rules.source_prompts, rules.transfer, rules.indicators, rules.projection,
                                         rules.fpt, rules.lpt, rules.kpt, rules.dynsan) for p in target.input}
+_STAGE_OUTPUTS |= {DP.TABLES["efficiency"]} if DP.grid(config) else set()  # read by the DynSAN summary
 CLAIM_TABLES = {name: f"results/tables/{name}.parquet" for name in TABLE_NAMES}
 CLAIM_TABLES = {name: path for name, path in CLAIM_TABLES.items() if path in _STAGE_OUTPUTS}
 # split sizes (the one-seed intervals) of the tasks whose tables carry no test size
