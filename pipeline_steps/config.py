@@ -427,9 +427,15 @@ def check_dynsan(cfg: dict, origin: str = "config") -> None:
         if len(given) != 1:
             raise UserError(f"{key}.source': give exactly one of demo, hub or path; got {sorted(src)}")
         if "demo" in src:
-            want = "candidates" if src["demo"] == "bridge_candidates" else "span"
+            want = "candidates" if src["demo"].endswith("_candidates") else "span"
             if task["kind"] != want:
                 raise UserError(f"{key}.kind': demo '{src['demo']}' is a {want} task, not {task['kind']}")
+        haystack = [k for k in ("passages", "filler", "candidates") if k in src]
+        if haystack and src.get("demo") not in ("haystack", "haystack_candidates"):
+            raise UserError(f"{key}.source': {haystack} apply to the haystack demos only")
+        if "candidates" in src and src["candidates"] > src.get("passages", 24) // 2:
+            raise UserError(f"{key}.source.candidates': {src['candidates']} candidates need at least "
+                            f"{2 * src['candidates']} passages (one person per two passages), got {src.get('passages', 24)}")
         if "hub" in src and not (src.get("format") or src.get("fields")):
             raise UserError(f"{key}.source': a hub source needs format (searchqa, quasar, qangaroo) or fields")
         if src.get("format") == "qangaroo" and task["kind"] != "candidates":

@@ -202,6 +202,26 @@ def curve_summary(curve: pd.DataFrame, budget: float, start: float | None = None
     return out
 
 
+# --- growth exponents ------------------------------------------------------------------------------------
+
+def loglog_slope(x, y) -> tuple[float, float, int]:
+    """The growth exponent of ``y`` in ``x``: OLS slope of log y on log x, its standard error and the
+    number of points used (positive, finite values only). NaN slope with fewer than 2 distinct x, NaN
+    error with fewer than 3 points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log(x[keep]), np.log(y[keep])
+    n = int(len(lx))
+    if n < 2 or np.ptp(lx) == 0:
+        return math.nan, math.nan, n
+    slope, intercept = np.polyfit(lx, ly, 1)
+    if n < 3:
+        return float(slope), math.nan, n
+    resid = ly - (slope * lx + intercept)
+    se = math.sqrt(float(resid @ resid) / (n - 2) / float(((lx - lx.mean()) ** 2).sum()))
+    return float(slope), se, n
+
+
 # --- floor-normalised transfer -------------------------------------------------------------------------
 
 def transfer_gain(score, random, own):

@@ -631,3 +631,78 @@ def test_prepare_with_a_word_vector_file(tmp_path):
     df = pd.read_parquet(out["tokens"])
     assert list(df["span_p"][0]) == [0] and list(df["span_s"][0]) == [3]
     assert read_json(out["report"])["embedding"] == "vectors:w.vec"
+
+
+def test_selection_counts_and_shares_by_hand():
+    """Two heads over 6 passage tokens: head 0 picks positions 1 and 4, head 1 picks 2 (and a padding
+    pick); answer tokens 1-2, question word at 0 and 4."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline_steps.dynsan.steps import selection_counts, selection_shares
+
+    block = SimpleNamespace(last_selected=torch.tensor([[[1, 4], [2, -1]]]))
+    model = SimpleNamespace(blocks=[block])
+    batch = {"p_ids": torch.tensor([[[5, 6, 7], [8, 5, 9]]]), "p_mask": torch.ones(1, 2, 3, dtype=torch.bool),
+             "q_ids": torch.tensor([[5, 0]]), "q_mask": torch.tensor([[True, False]]),
+             "spans": torch.tensor([[[1, 2]]]), "span_mask": torch.tensor([[True]])}
+    counts = selection_counts(model, batch)
+    assert counts == {"tokens": 12, "selected": 3, "answer": 4, "selected_answer": 2, "question": 4,
+                      "selected_question": 1}
+    shares = selection_shares(counts)
+    assert shares["selected_fraction"] == 0.25
+    assert shares["answer_share_selected"] == 2 / 3 and shares["answer_enrichment"] == 2.0
+    assert shares["question_enrichment"] == 1.0
+    block.last_selected = None  # no attention path: nothing to count
+    assert selection_counts(model, batch) == {} and selection_shares({}) == {}
+
+
+def test_haystack_demo_needs_two_passages_for_two_hop_questions():
+    """The long demo: many passages, every candidate mentioned equally often, the two-hop answer never in
+    the asked person's passage, and surface rules (first candidate, word overlap) near chance on the
+    two-hop half."""
+    import re
+
+    import numpy as np
+
+    from pipeline_steps.dynsan.data import generate_demo
+
+    recs = generate_demo("haystack_candidates", 200, 3, passages=24, filler=3, candidates=4)
+    assert recs == generate_demo("haystack_candidates", 200, 3, passages=24, filler=3, candidates=4)
+    words = lambda text: re.findall(r"\w+", text)  # noqa: E731
+    overlap_right, first_right = [], []
+    for i, r in enumerate(recs):
+        assert len(r["passages"]) == 24 and len(r["candidates"]) == 4 == len(set(r["candidates"]))
+        assert r["answer"] in r["candidates"] and r["answers"] == [r["answer"]]
+        person = r["question"].split(" was ")[1].removesuffix(" born?")
+        mentions = {c: sum(c in words(p) for p in r["passages"]) for c in r["candidates"]}
+        assert len(set(mentions.values())) == 1, mentions  # counting mentions cannot find the answer
+        with_person = [p for p in r["passages"] if person in p]
+        assert len(with_person) == 1
+        two_hop = i % 2 == 1
+        assert (r["answer"] in words(with_person[0])) != two_hop
+        if two_hop:
+            q = set(words(r["question"]))
+            score = {c: max(len(q & set(words(p))) for p in r["passages"] if c in words(p)) for c in r["candidates"]}
+            overlap_right.append(max(r["candidates"], key=lambda c: score[c]) == r["answer"])
+            first_right.append(r["candidates"][0] == r["answer"])
+    assert np.mean(overlap_right) < 0.4 and np.mean(first_right) < 0.4  # chance: 0.25
+    assert sum(len(words(p)) for p in recs[0]["passages"]) > 500  # hundreds of words per question
+
+
+def test_haystack_settings_are_checked_at_start(minimal_config):
+    from pipeline_steps.config import validate
+    from pipeline_steps.errors import UserError
+
+    import copy
+
+    cfg = copy.deepcopy(minimal_config)
+    cfg.setdefault("dynsan", {}).setdefault("tasks", {})["hay"] = {
+        "kind": "candidates", "source": {"demo": "haystack_candidates", "size": 50, "passages": 6, "candidates": 4}}
+    with pytest.raises(UserError, match="candidates.*need at least 8 passages"):
+        validate(cfg)
+    cfg["dynsan"]["tasks"]["hay"] = {"kind": "candidates", "source": {"demo": "bridge_candidates", "size": 50,
+                                                                      "filler": 2}}
+    with pytest.raises(UserError, match="haystack demos only"):
+        validate(cfg)

@@ -42,7 +42,7 @@ def test_dynsan_target_then_incremental_changes(workdir):
     assert set(zip(table["task"], table["variant"])) == {
         ("bridge", "dynsan"), ("bridge", "full_attention"), ("bridge", "baseline_most_frequent"),
         ("bridge_candidates", "dynsan"), ("bridge_candidates", "full_attention"),
-        ("bridge_candidates", "baseline_first_candidate")}
+        ("bridge_candidates", "baseline_first_candidate"), ("bridge_candidates", "baseline_word_overlap")}
     span = table[table["task"] == "bridge"].set_index("variant")
     assert span.loc["dynsan", "em"] <= span.loc["dynsan", "f1"] and pd.isna(span.loc["dynsan", "accuracy"])
     cand = table[table["task"] == "bridge_candidates"].set_index("variant")
@@ -50,6 +50,11 @@ def test_dynsan_target_then_incremental_changes(workdir):
     runs = table[~table["variant"].str.startswith("baseline")]
     assert (runs["params"] > 0).all() and (runs["step_seconds"] > 0).all() and (runs["peak_memory_mb"] > 0).all()
     assert runs["settings_hash"].nunique() == 4
+    # the seed statistics of the main score, and what the gated heads attended among
+    assert (runs["score"] == runs["accuracy"].fillna(runs["f1"])).all() and (runs["n_seeds"] == 1).all()
+    assert runs["score_ci_low"].isna().all()  # one seed: no interval
+    gated = runs[runs["variant"] == "dynsan"]
+    assert gated["selected_fraction"].between(0, 1).all() and gated["answer_share_all"].between(0, 1).all()
     eff = pd.read_parquet(workdir / "results/tables/dynsan_efficiency.parquet")
     assert sorted(zip(eff["variant"], eff["sequence_length"])) == [("all", 16), ("all", 32), ("gated", 16), ("gated", 32)]
     for f in ["results/figures/dynsan_scores.png", "results/figures/dynsan_curves.png",

@@ -333,27 +333,13 @@ def largest_drop(ctx: Context, table: str, by: list, column: str, target: str, r
 
 # --- DynSAN efficiency ----------------------------------------------------------------------------------
 
-def _loglog_slope(x, y) -> tuple[float, float, int]:
-    """OLS slope of log y on log x, its standard error and the number of points (positive values)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    lx, ly = np.log(x[keep]), np.log(y[keep])
-    n = int(len(lx))
-    if n < 2 or np.ptp(lx) == 0:
-        return math.nan, math.nan, n
-    slope, intercept = np.polyfit(lx, ly, 1)
-    if n < 3:
-        return float(slope), math.nan, n
-    resid = ly - (slope * lx + intercept)
-    se = math.sqrt(float(resid @ resid) / (n - 2) / float(((lx - lx.mean()) ** 2).sum()))
-    return float(slope), se, n
-
-
 def growth_exponent_gap(ctx: Context, value: str = "peak_memory_mb", gated: str = "gated",
                         full: str = "all") -> list[Measurement]:
     """The growth exponent (log-log slope against sequence length) of ``value`` for full attention
     minus that of gated selection, with a t interval from the two OLS slopes' standard errors."""
     from scipy.stats import t as student_t
+
+    from ..stats import loglog_slope
 
     eff = ctx.table("dynsan_efficiency")
     if eff is None or value not in eff.columns:
@@ -362,7 +348,7 @@ def growth_exponent_gap(ctx: Context, value: str = "peak_memory_mb", gated: str 
     for variant in (gated, full):
         part = eff[eff["variant"] == variant]
         if len(part):
-            fits[variant] = _loglog_slope(part["sequence_length"], part[value])
+            fits[variant] = loglog_slope(part["sequence_length"], part[value])
     if len(fits) < 2:
         return []
     (sg, eg, ng), (sf, ef, nf) = fits[gated], fits[full]

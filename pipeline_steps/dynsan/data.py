@@ -185,7 +185,8 @@ def load_records(spec: dict) -> tuple[list[dict], str]:
     """All records of a task (validated), and the origin used in messages."""
     src, kind = spec["source"], spec.get("kind", "span")
     if "demo" in src:
-        raws = [(f"demo:{src['demo']}", generate_demo(src["demo"], src.get("size", 600), src.get("seed", 0)))]
+        options = {k: src[k] for k in ("passages", "filler", "candidates") if k in src}
+        raws = [(f"demo:{src['demo']}", generate_demo(src["demo"], src.get("size", 600), src.get("seed", 0), **options))]
     elif "hub" in src:
         raws = [(f"hub:{src['hub']}", read_hub(src))]
     else:
@@ -476,14 +477,81 @@ _LIES = ["{c} is a city in {k}.", "{c} lies in {k}.", "the city of {c} is locate
          "{c} belongs to {k}."]
 
 
-def generate_demo(kind: str, size: int, seed: int = 0) -> list[dict]:
+_FILLER = ["the {a} {n} was {v} near the {n2}.", "people said the {n} looked {a} that year.",
+           "a {a} {n} stood beside the {n2}.", "nobody {v} the {n} before the {a} season.",
+           "the old {n} was {v} by the {a} {n2}.", "in spring the {n} and the {n2} were {a}."]
+_ADJ = ["quiet", "bright", "narrow", "ancient", "busy", "cold", "green", "famous", "small", "empty", "wooden", "tall"]
+_NOUN = ["market", "bridge", "river", "garden", "station", "harbour", "museum", "tower", "library", "square",
+         "forest", "theatre", "school", "factory", "church", "valley"]
+_VERB = ["painted", "repaired", "visited", "closed", "opened", "rebuilt", "crossed", "described"]
+DEMOS = ("bridge", "bridge_candidates", "haystack", "haystack_candidates")
+
+
+def _filler(rng, n: int) -> list[str]:
+    """``n`` sentences of background text that names no person, city or country."""
+    out = []
+    for _ in range(n):
+        t = _FILLER[rng.integers(len(_FILLER))]
+        a, v = _ADJ[rng.integers(len(_ADJ))], _VERB[rng.integers(len(_VERB))]
+        n1, n2 = (_NOUN[j] for j in rng.choice(len(_NOUN), 2, replace=False))
+        out.append(t.format(a=a, v=v, n=n1, n2=n2))
+    return out
+
+
+def generate_haystack(kind: str, size: int, seed: int = 0, passages: int = 24, filler: int = 3,
+                      candidates: int = 4) -> list[dict]:
+    """The paper's regime in small: ``passages`` passages per question (half "PERSON was born in
+    CITY.", half "CITY lies in COUNTRY.", each padded with ``filler`` sentences of background text),
+    for ``passages / 2`` people of whom one is asked about. Half the questions ask for the city (one
+    hop: the passage naming the person), half for the country (two hops: that passage, then the one
+    about its city; the person and the country never share a passage). Every other person, city and
+    country is a plausible wrong answer; the candidates (``haystack_candidates``) are the answer and
+    ``candidates - 1`` of them. Deterministic from ``seed``."""
+    rng = np.random.default_rng(seed)
+    people_n = max(2, passages // 2)
+    most = min(len(_FIRST), len(_LAST), len(_CITIES), len(_COUNTRIES))
+    if people_n > most or candidates > people_n:
+        raise UserError(f"dynsan demo {kind}: passages {passages} / candidates {candidates} out of range "
+                        f"(at most {2 * most} passages, candidates <= passages / 2)")
+    recs = []
+    for i in range(size):
+        people = [f"{_FIRST[a]} {_LAST[b]}" for a, b in zip(rng.choice(len(_FIRST), people_n, replace=False),
+                                                               rng.choice(len(_LAST), people_n, replace=False))]
+        cities = [_CITIES[j] for j in rng.choice(len(_CITIES), people_n, replace=False)]
+        # distinct countries: every candidate is mentioned equally often (twice for a city, once for a
+        # country), so counting mentions cannot find the answer
+        countries = [_COUNTRIES[j] for j in rng.choice(len(_COUNTRIES), people_n, replace=False)]
+        texts = []
+        for p, c, k in zip(people, cities, countries):
+            for fact in (_BORN[rng.integers(len(_BORN))].format(p=p, c=c), _LIES[rng.integers(len(_LIES))].format(c=c, k=k)):
+                sentences = _filler(rng, filler)
+                sentences.insert(int(rng.integers(len(sentences) + 1)), fact)
+                texts.append(" ".join(sentences))
+        texts = [texts[j] for j in rng.permutation(len(texts))]
+        two_hop = bool(i % 2)
+        pool = countries if two_hop else cities
+        answer = pool[0]
+        others = pool[1:]
+        cands = [answer] + [others[j] for j in rng.choice(len(others), candidates - 1, replace=False)]
+        question = f"in which {'country' if two_hop else 'city'} was {people[0]} born?"
+        rec = {"id": f"{kind}-{i}", "question": question, "passages": texts, "answers": [answer], "split": None}
+        if kind == "haystack_candidates":
+            rec["candidates"] = [cands[j] for j in rng.permutation(len(cands))]
+            rec["answer"] = answer
+        recs.append(rec)
+    return recs
+
+
+def generate_demo(kind: str, size: int, seed: int = 0, **options) -> list[dict]:
     """Multi-passage questions that need two passages: passage A links a person to a city (the
     bridge), passage B gives the city's country; distractor pairs mention other people, cities and
     countries (the plausible wrong answers). Half the questions ask for the city (one hop), half for
     the country (two hops). ``bridge``: answer spans; ``bridge_candidates``: the same with the
     candidate answers listed (WikiHop style). Deterministic from ``seed``."""
+    if kind in ("haystack", "haystack_candidates"):
+        return generate_haystack(kind, size, seed, **options)
     if kind not in ("bridge", "bridge_candidates"):
-        raise UserError(f"unknown dynsan demo '{kind}'; known: bridge, bridge_candidates")
+        raise UserError(f"unknown dynsan demo '{kind}'; known: {', '.join(DEMOS)}")
     rng = np.random.default_rng(seed)
     recs = []
     for i in range(size):

@@ -123,10 +123,54 @@ def task_loss(model: DynSAN, out, batch) -> torch.Tensor:
     return span_marginal_loss(start, end, batch["spans"], batch["span_mask"])
 
 
+def selection_counts(model: DynSAN, batch: dict) -> dict:
+    """What the first cross-passage block's heads attended among, in the last forward pass, summed over
+    heads and questions: all tokens, selected ones, answer tokens (gold spans or candidate mentions)
+    and passage tokens that occur in the question, with how many of each were selected. Empty when the
+    block has no attention path."""
+    blk = model.blocks[0]
+    if blk.last_selected is None:
+        return {}
+    sel_idx = blk.last_selected  # [B, H, K'], -1 = padding pick
+    b, heads, _ = sel_idx.shape
+    if b != batch["p_ids"].shape[0]:  # blocks per passage (no cross-passage attention): not one sequence
+        return {}
+    mask = batch["p_mask"].reshape(b, -1)
+    selected = torch.zeros(b, heads, mask.shape[1] + 1, dtype=torch.bool, device=mask.device)
+    selected.scatter_(2, torch.where(sel_idx >= 0, sel_idx, mask.shape[1]), True)
+    selected = selected[..., :-1] & mask[:, None, :]
+    answer = torch.zeros_like(mask)
+    for i, (spans, ok) in enumerate(zip(batch["spans"].tolist(), batch["span_mask"].tolist())):
+        for (s_, e_), keep in zip(spans, ok):
+            if keep:
+                answer[i, s_: e_ + 1] = True
+    ids = batch["p_ids"].reshape(b, -1)
+    question = torch.stack([torch.isin(ids[i], batch["q_ids"][i][batch["q_mask"][i]]) for i in range(b)]) & mask
+    answer &= mask
+    return {"tokens": int(mask.sum()) * heads, "selected": int(selected.sum()),
+            "answer": int(answer.sum()) * heads, "selected_answer": int((selected & answer[:, None]).sum()),
+            "question": int(question.sum()) * heads, "selected_question": int((selected & question[:, None]).sum())}
+
+
+def selection_shares(counts: dict) -> dict:
+    """Shares of answer and question-word tokens among the selected tokens and among all tokens, and
+    their ratio (enrichment: 1 = no better than picking tokens at random, K/L = ``selected_fraction``)."""
+    if not counts or not counts["tokens"]:
+        return {}
+    out = {"selected_fraction": counts["selected"] / counts["tokens"]}
+    for kind in ("answer", "question"):
+        among_selected = counts[f"selected_{kind}"] / max(1, counts["selected"])
+        among_all = counts[kind] / counts["tokens"]
+        out.update({f"{kind}_share_selected": among_selected, f"{kind}_share_all": among_all,
+                    f"{kind}_enrichment": among_selected / among_all if among_all else float("nan")})
+    return out
+
+
 @torch.no_grad()
 def predict(model: DynSAN, data: Questions, batch_size: int, device, max_answer_length: int, amp=None,
-            limit: int = 0) -> pd.DataFrame:
-    """One row per question: id, prediction, passage, score, gold, em, f1 (candidate tasks: em = accuracy)."""
+            limit: int = 0, selection: dict | None = None) -> pd.DataFrame:
+    """One row per question: id, prediction, passage, score, gold, em, f1 (candidate tasks: em = accuracy).
+    ``selection``: a dict that the token-selection counts of every batch are added to (``selection_counts``)."""
     model.eval()
     n = len(data) if not limit else min(limit, len(data))
     rows = []
@@ -135,6 +179,9 @@ def predict(model: DynSAN, data: Questions, batch_size: int, device, max_answer_
         batch = data.batch(idx, device)
         with amp or torch.autocast("cpu", enabled=False):
             start, end = model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
+        if selection is not None:
+            for key, value in selection_counts(model, batch).items():
+                selection[key] = selection.get(key, 0) + value
         lp = batch["lp"]
         if model.kind == "candidates":
             lp_c = candidate_log_probs(start, batch["mentions"])
@@ -365,9 +412,11 @@ def evaluate(*, weights: str, tokens: str, vocab: str, predictions: str, scores:
     df = read_parquet(tokens)
     data = Questions(df[df["split"] == split], s["passages"], s["kind"])
     torch.manual_seed(s["seed"])
-    pred = predict(model, data, tcfg.eval_batch_size, dev, tcfg.max_answer_length, _amp(dev, dtype))
+    counts = {}
+    pred = predict(model, data, tcfg.eval_batch_size, dev, tcfg.max_answer_length, _amp(dev, dtype), selection=counts)
     sc = dict(summary_scores(pred, s["kind"]), split=split, task=s["task"], variant=s["variant"], seed=s["seed"],
-              unanswerable=int((~df[df["split"] == split]["answerable"]).sum()), settings_hash=prov["settings_hash"])
+              unanswerable=int((~df[df["split"] == split]["answerable"]).sum()), settings_hash=prov["settings_hash"],
+              selection=selection_shares(counts))
     log.info("%s/%s seed %d %s: %s", s["task"], s["variant"], s["seed"], split, sc)
     gate_rows = gate_table(model, Questions(df[df["split"] == "dev"], s["passages"], s["kind"]), vmeta["tokens"],
                            gate_examples, dev)
