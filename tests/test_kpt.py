@@ -111,6 +111,39 @@ def test_wordnet_relations(tmp_path):
     assert wordnet_words(reader, ["good"], ["similar_tos"], pos=["a", "s"])
 
 
+_EXPANSION_SCRIPT = """
+import json, sys
+from pipeline_steps.kpt.knowledge import kb_words, wordnet_reader, wordnet_words
+reader = wordnet_reader(cache=sys.argv[1])
+rel = ["synonyms", "hyponyms", "hypernyms", "similar_tos", "also_sees", "derivationally_related_forms"]
+names = ["sports", "science", "business", "politics", "good"]
+task = {"name": "t", "label_names": names, "label_words": {n: [n] for n in names}}
+kb = {"name": "wn", "source": "wordnet", "relations": rel, "depth": 2, "pos": ["n", "a", "s"], "max_senses": 3}
+print(json.dumps({"issue": wordnet_words(reader, ["business"], rel[:1] + rel[1:2] + rel[3:], 1, ["n"], 3),
+                  "kb": kb_words(kb, task)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(),
+                    reason="WordNet 3.0 is not installed at /usr/share/wordnet (scripts/setup.sh: apt-get install wordnet-base)")
+def test_wordnet_expansion_is_the_same_in_every_process(tmp_path):
+    """nltk returns related synsets from a set (order by PYTHONHASHSEED): the expansion sorts them, so two
+    processes with different hash seeds give the same words in the same order (issue #23)."""
+    import os
+    import subprocess
+    import sys
+
+    runs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        res = subprocess.run([sys.executable, "-c", _EXPANSION_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                             text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1] == runs[2]
+    assert len(runs[0]["issue"]) > 40 and all(len(v) > 5 for v in runs[0]["kb"].values())
+
+
 def test_vader_polarity_order():
     lex = {"great": 3.1, "good": 1.9, "ok": 0.9, "bad": -2.5, "awful": -2.0, ":)": 2.0, "meh": -0.2}
     assert vader_words(lex, 1, 1.0, 0.3) == ["great", "good"]
