@@ -30,6 +30,14 @@ MAX_INT = 2**53 - 1  # larger integers are not exact in JSON/float tools and mea
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
 # defaults are not filled below these (task-level overrides must stay sparse)
 _NO_DEFAULTS = (("tasks", "*", "prompt_tuning"),)
+# Registries of named entries where ``NAME: null`` removes the entry. Snakemake deep-merges a
+# ``--configfile`` overlay into config.yaml (mappings key by key, lists and scalars replaced), so
+# without this an overlay could add and change entries but never drop one (docs/configuration.md).
+REMOVABLE = (("models",), ("tasks",), ("kpt", "tasks"), ("kpt", "knowledge_bases"), ("dynsan", "tasks"),
+             ("dynsan", "variants"))
+# Registries whose schema default (the shipped entries) is merged with the config's own entries
+# instead of being replaced by them: a config that defines one DynSAN variant adds it to the paper's.
+MERGED_DEFAULTS = (("dynsan", "variants"),)
 
 
 def load_schema() -> dict:
@@ -146,11 +154,44 @@ _Validator = jsonschema.validators.extend(
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int))
 
 
+def _mapping_at(cfg: dict, path: tuple) -> dict | None:
+    node = cfg
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _schema_default(schema: dict, path: tuple) -> Any:
+    node = schema
+    for part in path:
+        node = _resolve(node, schema)["properties"][part]
+    return node.get("default")
+
+
+def apply_overlay_rules(cfg: dict, schema: dict | None = None) -> dict:
+    """What a merged config means beyond Snakemake's deep merge, applied before validation (in place):
+    the shipped entries of ``MERGED_DEFAULTS`` registries are added where the config does not name
+    them, then every ``NAME: null`` entry of a ``REMOVABLE`` registry is removed."""
+    schema = schema or load_schema()
+    for path in MERGED_DEFAULTS:
+        node = _mapping_at(cfg, path)
+        if node is not None:
+            for name, entry in (_schema_default(schema, path) or {}).items():
+                node.setdefault(name, copy.deepcopy(entry))
+    for path in REMOVABLE:
+        node = _mapping_at(cfg, path)
+        if node is not None:
+            for name in [k for k, v in node.items() if v is None]:
+                del node[name]
+    return cfg
+
+
 def validate(cfg: dict, origin: str = "config") -> dict:
-    """Validate ``cfg`` (in place: defaults are filled) and return it."""
+    """Validate ``cfg`` (in place: overlay rules applied, defaults filled) and return it."""
     schema = load_schema()
     if not isinstance(cfg, dict):
         raise UserError(f"{origin}: the config must be a mapping of keys to values, got {type(cfg).__name__}")
+    apply_overlay_rules(cfg, schema)
     check_plain_values(cfg, origin)
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
