@@ -209,6 +209,41 @@ def load_config(source: str | os.PathLike | dict, origin: str | None = None) -> 
     return validate(read_yaml(source), origin or str(source))
 
 
+def used_tasks(cfg: dict) -> dict[str, str]:
+    """Every task some stage of the DAG runs, with the first key that uses it: the experiment grid,
+    the projector's pairs, and the FPT, LPT and KPT grids where they run (models and tasks given)."""
+    used: dict[str, str] = {}
+    for name in cfg["experiment"]["tasks"]:
+        used.setdefault(name, "experiment.tasks")
+    for i, pair in enumerate(cfg["projector"]["pairs"]):
+        for field in ("train_tasks", "eval_tasks"):
+            for name in pair[field]:
+                used.setdefault(name, f"projector.pairs.{i}.{field}")
+    for section in ("fpt", "lpt"):
+        if cfg[section]["models"]:
+            for name in cfg[section]["tasks"]:
+                used.setdefault(name, f"{section}.tasks")
+    if cfg["kpt"]["models"]:
+        for name in cfg["kpt"]["tasks"]:
+            used.setdefault(name, f"kpt.tasks.{name}")
+    return used
+
+
+def used_models(cfg: dict) -> dict[str, str]:
+    """Every model some stage of the DAG runs, with the first key that uses it (as ``used_tasks``)."""
+    used: dict[str, str] = {}
+    for name in cfg["experiment"]["models"]:
+        used.setdefault(name, "experiment.models")
+    for i, pair in enumerate(cfg["projector"]["pairs"]):
+        for role in ("source", "target"):
+            used.setdefault(pair[role], f"projector.pairs.{i}.{role}")
+    for section in ("fpt", "lpt", "kpt"):
+        if cfg[section]["tasks"]:
+            for name in cfg[section]["models"]:
+                used.setdefault(name, f"{section}.models")
+    return used
+
+
 def _check_references(cfg: dict, origin: str) -> None:
     exp = cfg["experiment"]
     for kind in ("tasks", "models"):
@@ -223,6 +258,7 @@ def _check_references(cfg: dict, origin: str) -> None:
             if name not in exp[pool]:
                 raise UserError(f"{origin}: key 'transfer.init.{key}': '{name}' is not in experiment.{pool} "
                                 f"{exp[pool]}")
+    tasks_used, models_used = used_tasks(cfg), used_models(cfg)
     for name, task in cfg["tasks"].items():
         where = f"{origin}: key 'tasks.{name}"
         problem = template_problem(task["template"], len(task["text_fields"]))
@@ -237,9 +273,9 @@ def _check_references(cfg: dict, origin: str) -> None:
             src.setdefault("size", 600)
         if "path" in src:
             src.setdefault("split_field", None)
-            if name in exp["tasks"] and not _path_test(Path(src["path"]).exists, f"{where}.source.path'"):
+            if name in tasks_used and not _path_test(Path(src["path"]).exists, f"{where}.source.path'"):
                 raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
-                                f"(relative paths are read from {Path.cwd()})")
+                                f"(used by {tasks_used[name]}; relative paths are read from {Path.cwd()})")
     check_projector(cfg, origin)
     check_efficient(cfg, origin)
     check_kpt(cfg, origin)
@@ -250,13 +286,14 @@ def _check_references(cfg: dict, origin: str) -> None:
         if not local and not source.startswith(("embedded:", "tiny:")) and not _HUB_ID.match(source):
             raise UserError(f"{origin}: key 'models.{name}.source': {_shown(source)} is neither a built-in model, "
                             f"a local directory (start it with ./ or /) nor a hub id (owner/name)")
-        if local and name in exp["models"] and not _path_test(Path(source).expanduser().is_dir,
-                                                             f"{origin}: key 'models.{name}.source'"):
-            raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist")
+        if local and name in models_used and not _path_test(Path(source).expanduser().is_dir,
+                                                            f"{origin}: key 'models.{name}.source'"):
+            raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist "
+                            f"(used by {models_used[name]})")
         if source.startswith(("embedded:", "tiny:")) and source not in BUILTIN_SOURCES:
             raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
                             f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
-        if source == "embedded:mpnet-base" and name in exp["models"] \
+        if source == "embedded:mpnet-base" and name in models_used \
                 and not (built_dir(source) / "provenance.json").exists():
             try:
                 mpnet_pieces()

@@ -172,3 +172,32 @@ def test_dynsan_variants_add_to_the_shipped_ones_and_null_removes(repo_raw):
 def test_null_is_only_removal_in_registries(minimal_config):
     minimal_config["prompt_tuning"] = None  # not a registry: a type error, as before
     _expect(minimal_config, "prompt_tuning")
+
+
+# --- start-up checks cover every task and model a stage uses, not only the experiment grid ------------
+
+@pytest.mark.parametrize("use, used_by", [
+    (lambda c: c.update(kpt={"models": ["m"], "tasks": {"mine": {"knowledge_bases": ["v"]}},
+                             "knowledge_bases": {"v": {"source": "vader", "polarity": {"negative": -1,
+                                                                                       "positive": 1}}}}),
+     "kpt.tasks.mine"),
+    (lambda c: c.update(fpt={"models": ["m"], "tasks": ["mine"]}), "fpt.tasks"),
+    (lambda c: c.update(lpt={"models": ["m"], "tasks": ["mine"]}), "lpt.tasks"),
+    (lambda c: c.update(projector={"pairs": [{"source": "m", "target": "m2", "train_tasks": ["t"],
+                                              "eval_tasks": ["mine"]}]}), "projector.pairs.0.eval_tasks"),
+])
+def test_missing_file_of_a_task_only_one_stage_uses(minimal_config, tmp_path, use, used_by):
+    minimal_config["models"]["m2"] = {"source": "embedded:minilm-l3"}
+    minimal_config["tasks"]["mine"] = dict(copy.deepcopy(minimal_config["tasks"]["t"]),
+                                           source={"path": str(tmp_path / "gone.csv")})
+    load_config(copy.deepcopy(minimal_config))  # listed nowhere: not checked
+    use(minimal_config)
+    _expect(minimal_config, "tasks.mine.source.path", "gone.csv", "does not exist", f"used by {used_by}")
+
+
+def test_missing_local_model_only_kpt_uses(minimal_config, tmp_path):
+    minimal_config["models"]["mine"] = {"source": str(tmp_path / "no-model")}
+    load_config(copy.deepcopy(minimal_config))
+    minimal_config["kpt"] = {"models": ["mine"], "tasks": {"t": {"knowledge_bases": ["v"]}},
+                             "knowledge_bases": {"v": {"source": "vader", "polarity": {"negative": -1, "positive": 1}}}}
+    _expect(minimal_config, "models.mine.source", "does not exist", "used by kpt.models")
