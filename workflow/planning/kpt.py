@@ -58,6 +58,15 @@ def kb_spec(cfg: dict, name: str) -> dict:
 
 
 def kb_inputs(cfg: dict, name: str) -> list[str]:
-    """Files a knowledge base reads (a file KB's word list: editing it reruns its jobs)."""
+    """Files a knowledge base reads, as job inputs (editing one reruns its jobs): a file KB's word list,
+    the WordNet folder's files (none when it is missing: the job then fails naming the folder)."""
+    from pipeline_steps.kpt.knowledge import DEFAULT_WORDNET
+
+    from .files import _folder_files
+
     kb = cfg["kpt"]["knowledge_bases"][name]
-    return [kb["path"]] if kb["source"] == "file" else []
+    if kb["source"] == "file":
+        return [kb["path"]]
+    if kb["source"] == "wordnet":
+        return _folder_files(kb.get("path") or DEFAULT_WORDNET)
+    return []
