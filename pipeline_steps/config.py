@@ -414,7 +414,7 @@ def check_efficient(cfg: dict, origin: str = "config") -> None:
 def check_kpt(cfg: dict, origin: str = "config") -> None:
     """Cross-checks of the ``kpt:`` section: names, per-task settings, and each knowledge-base file
     (read here, so a bad line fails before any job starts)."""
-    from .kpt.config import KPTConfig, read_kb_file
+    from .kpt.config import KPTConfig, read_blocklist, read_kb_file
 
     sec = cfg["kpt"]
     for name in sec["models"]:
@@ -442,6 +442,11 @@ def check_kpt(cfg: dict, origin: str = "config") -> None:
                     raise UserError(f"{where}.path': a file knowledge base needs a path")
                 if active:
                     read_kb_file(kb["path"], names)  # UserError naming the file (and line)
+            if isinstance(kb.get("blocklist"), str) and active:
+                try:
+                    read_blocklist(kb["blocklist"])
+                except UserError as e:
+                    raise UserError(f"{where}.blocklist': {e}") from None
             if kb["source"] == "vader":
                 missing = [n for n in names if n not in (kb.get("polarity") or {})]
                 if missing:

@@ -473,3 +473,46 @@ def test_planning_grid_settings_and_per_task_params(repo_config):
     assert kpt_settings(repo_config, "movies")["candidate_frac"] == 0.0
     assert kpt_settings(repo_config, "topics")["candidate_frac"] == 0.5
     assert kb_spec(repo_config, "vader")["name"] == "vader"
+
+
+# --- the blocklist --------------------------------------------------------------------------------
+
+def test_blocklist_file_entries_prefixes_phrases_and_bad_lines(tmp_path):
+    from pipeline_steps.kpt.knowledge import BLOCKLIST, apply_blocklist, read_blocklist
+
+    f = tmp_path / "block.txt"
+    f.write_text("# mine\nMurder*   # prefix\nkill\n\n")
+    b = read_blocklist(f)
+    assert b.blocks("murderous") and b.blocks("Kill") and b.blocks("kill off") and b.blocks("self-kill")
+    assert not b.blocks("skill") and not b.blocks("killjoy") and not b.blocks("market")
+    words, dropped = apply_blocklist({"a": ["kill", "game", "murderer", "team"], "b": ["vote"]}, b)
+    assert words == {"a": ["game", "team"], "b": ["vote"]} and dropped == {"a": 2, "b": 0}
+    assert apply_blocklist({"a": ["kill"]}, None) == ({"a": ["kill"]}, {"a": 0})
+    f.write_text("kill\nno/slash\n")
+    with pytest.raises(UserError, match=r"block.txt: line 2: 'no/slash' is not a word"):
+        read_blocklist(f)
+    shipped = read_blocklist(BLOCKLIST)
+    assert "Provenance: hand-written" in BLOCKLIST.read_text() and 30 <= len(shipped.words) + len(shipped.prefixes) <= 100
+    from pipeline_steps.kpt.knowledge import vader_lexicon, vader_words
+
+    strongest = vader_words(vader_lexicon(), -1, 1.5, 0.3)[:60]  # what the demo's movies KB draws from
+    assert {"rapist", "murder", "faggot", "nigger", "motherfucker"} <= set(strongest)
+    kept, _ = apply_blocklist({"negative": strongest}, shipped)
+    assert not {"rapist", "murder", "faggot", "nigger", "motherfucker", "terrorize"} & set(kept["negative"])
+
+
+def test_blocked_kb_words_are_dropped_by_default_and_kept_when_off(tiny_spec, topics_tokens, tmp_path):
+    f = tmp_path / "kb.txt"
+    f.write_text("sports,football,killer,game\nscience,physics,lab\nbusiness,money,whore,market\npolitics,vote,law\n")
+    kb = {"name": "paper", "source": "file", "path": str(f)}
+    meta = run_kpt(tiny_spec, topics_tokens, tmp_path / "on", kb=kb, variants=["kpt", "kpt-no-relevance"])
+    words = pd.read_parquet(tmp_path / "on" / "words.parquet")
+    assert not {"killer", "whore"} & set(words["word"]) and {"football", "money"} <= set(words["word"])
+    assert meta["kb_words_blocked"] == {"sports": 1, "science": 0, "business": 1, "politics": 0}
+    assert meta["blocklist"]["sha256"] and read_json(tmp_path / "on" / "meta.json")["kb_words_blocked"]["sports"] == 1
+    assert (pd.read_parquet(tmp_path / "on" / "scores.parquet")["kb_words_blocked"] == 2).all()
+
+    meta = run_kpt(tiny_spec, topics_tokens, tmp_path / "off", kb=dict(kb, blocklist=False), variants=["kpt"])
+    words = pd.read_parquet(tmp_path / "off" / "words.parquet")
+    assert {"killer", "whore"} <= set(words["word"]) and meta["blocklist"] is None
+    assert sum(meta["kb_words_blocked"].values()) == 0

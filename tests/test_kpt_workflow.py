@@ -84,6 +84,8 @@ def test_kpt_target_table_figures_and_incremental_kb_change(workdir):
     (lambda c: c["kpt"]["knowledge_bases"]["vader"].update(polarity={"negative": -1}), "no polarity"),
     (lambda c: c["kpt"]["knowledge_bases"]["topic-words"].update(path="kb/missing.txt"),
      "kb/missing.txt: knowledge-base file not found"),
+    (lambda c: c["kpt"]["knowledge_bases"]["vader"].update(blocklist="kb/none.txt"),
+     "kpt.knowledge_bases.vader.blocklist': kb/none.txt: blocklist file not found"),
 ])
 def test_config_cross_checks(tmp_path, monkeypatch, change, message):
     from pipeline_steps.config import load_config

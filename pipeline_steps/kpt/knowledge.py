@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .config import BLOCKLIST, Blocklist, blocklist_path, read_blocklist  # noqa: F401  (file formats live there)
 from .config import read_kb_file  # noqa: F401  (the word-list file format lives with the settings)
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,17 @@ def embedding_neighbours(embeddings, tokenizer, seeds: list[str], k: int) -> lis
             if found >= k:
                 break
     return out
+
+
+# --- the blocklist ------------------------------------------------------------------------------------
+
+def apply_blocklist(words: dict[str, list[str]], blocklist: Blocklist | None
+                    ) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The knowledge base's words without blocked ones (order kept), and how many each class lost."""
+    if blocklist is None:
+        return words, {name: 0 for name in words}
+    kept = {name: [w for w in ws if not blocklist.blocks(w)] for name, ws in words.items()}
+    return kept, {name: len(words[name]) - len(kept[name]) for name in words}
 
 
 # --- one code path for every source -----------------------------------------------------------------

@@ -59,14 +59,18 @@ def kb_spec(cfg: dict, name: str) -> dict:
 
 def kb_inputs(cfg: dict, name: str) -> list[str]:
     """Files a knowledge base reads, as job inputs (editing one reruns its jobs): a file KB's word list,
-    the WordNet folder's files (none when it is missing: the job then fails naming the folder)."""
+    the WordNet folder's files (none when it is missing: the job then fails naming the folder), and
+    its blocklist."""
+    from pipeline_steps.kpt.config import blocklist_path
     from pipeline_steps.kpt.knowledge import DEFAULT_WORDNET
 
     from .files import _folder_files
 
     kb = cfg["kpt"]["knowledge_bases"][name]
+    files = []
     if kb["source"] == "file":
-        return [kb["path"]]
-    if kb["source"] == "wordnet":
-        return _folder_files(kb.get("path") or DEFAULT_WORDNET)
-    return []
+        files = [kb["path"]]
+    elif kb["source"] == "wordnet":
+        files = _folder_files(kb.get("path") or DEFAULT_WORDNET)
+    block = blocklist_path(kb.get("blocklist", True))
+    return files + ([block] if block else [])
