@@ -49,6 +49,7 @@ def test_dynsan_target_then_incremental_changes(workdir):
     assert 0 <= cand.loc["dynsan", "accuracy"] <= 100 and pd.isna(cand.loc["dynsan", "em"])
     runs = table[~table["variant"].str.startswith("baseline")]
     assert (runs["params"] > 0).all() and (runs["step_seconds"] > 0).all() and (runs["peak_memory_mb"] > 0).all()
+    assert (runs["train_cpu_seconds"] > 0).all() and (runs["step_cpu_seconds"] > 0).all()  # CPU beside wall time
     assert runs["settings_hash"].nunique() == 4
     eff = pd.read_parquet(workdir / "results/tables/dynsan_efficiency.parquet")
     assert sorted(zip(eff["variant"], eff["sequence_length"])) == [("all", 16), ("all", 32), ("gated", 16), ("gated", 32)]

@@ -12,7 +12,8 @@ from ..io import read_json, read_parquet, write_parquet
 from .metrics import em_f1
 
 RESULT_COLUMNS = ["task", "kind", "variant", "seed", "em", "f1", "accuracy", "n_test", "params", "train_seconds",
-                  "step_seconds", "peak_memory_mb", "best_step", "settings_hash"]
+                  "step_seconds", "train_cpu_seconds", "step_cpu_seconds", "peak_memory_mb", "best_step",
+                  "settings_hash"]
 
 
 def baselines(task: str, tokens: str) -> list[dict]:
@@ -44,12 +45,14 @@ def summarise(*, runs: list[dict], tokens: dict, efficiency: str | None, table: 
         rows.append({"task": r["task"], "kind": kind, "variant": r["variant"], "seed": int(r["seed"]),
                      "em": sc.get("em"), "f1": sc.get("f1"), "accuracy": sc.get("accuracy"), "n_test": sc["n"],
                      "params": meta["params"], "train_seconds": meta["train_seconds"],
-                     "step_seconds": meta["step_seconds"], "peak_memory_mb": meta["peak_memory_mb"],
+                     "step_seconds": meta["step_seconds"], "train_cpu_seconds": meta.get("train_cpu_seconds"),
+                     "step_cpu_seconds": meta.get("step_cpu_seconds"), "peak_memory_mb": meta["peak_memory_mb"],
                      "best_step": meta["best_step"], "settings_hash": meta["settings_hash"]})
     for task, path in sorted(tokens.items()):
         rows.extend(baselines(task, path))
     df = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
-    for col in ("em", "f1", "accuracy", "train_seconds", "step_seconds", "peak_memory_mb"):
+    for col in ("em", "f1", "accuracy", "train_seconds", "step_seconds", "train_cpu_seconds", "step_cpu_seconds",
+                "peak_memory_mb"):
         df[col] = df[col].astype("float64")
     for col in ("seed", "n_test", "params", "best_step"):
         df[col] = df[col].astype("Int64")
