@@ -475,6 +475,41 @@ def test_planning_grid_settings_and_per_task_params(repo_config):
     assert kb_spec(repo_config, "vader")["name"] == "vader"
 
 
+def test_kpt_prompt_tuning_takes_the_shared_keys(repo_config):
+    """kpt.prompt_tuning accepts every prompt_tuning key (max_length was refused, issue #23): max_length gives
+    KPT its own tokenization, batch_size replaces kpt.settings.batch_size in prompt mode."""
+    import copy
+    import sys
+
+    from pipeline_steps.config import load_config, load_schema
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
+    from planning.kpt import kpt_prompt_settings, kpt_tokens
+
+    shared = set(load_schema()["$defs"]["prompt_tuning"]["properties"])
+    kpt_keys = set(load_schema()["properties"]["kpt"]["properties"]["prompt_tuning"]["properties"])
+    assert shared == kpt_keys
+    tokens = "results/data/{task}/tokens-{model}.parquet"
+    assert kpt_tokens(repo_config, "movies", "m", tokens) == "results/data/movies/tokens-m.parquet"
+    assert "batch_size" not in kpt_prompt_settings(repo_config, "movies")  # the step uses kpt.settings.batch_size
+    cfg = copy.deepcopy(repo_config)
+    cfg["kpt"]["prompt_tuning"].update(max_length=96, batch_size=4, eval_schedule="log")
+    cfg = load_config(cfg)
+    merged = kpt_prompt_settings(cfg, "movies")
+    assert merged["max_length"] == 96 and merged["batch_size"] == 4 and merged["eval_schedule"] == "log"
+    assert kpt_tokens(cfg, "movies", "m", tokens) == "results/kpt/tokens/movies/tokens-m-len96.parquet"
+
+
+def test_prompt_mode_checks_lengths_before_the_weights_load(tiny_spec, topics_tokens, kb_file, tmp_path):
+    from pipeline_steps.kpt.steps import run
+
+    with pytest.raises(UserError, match=r"prompt_length 2 \+ max_length 5000 exceeds the model's"):
+        run(model_spec=tiny_spec("bert"), task_spec=TOPICS, kb={"name": "paper", "source": "file", "path": str(kb_file)},
+            settings={"support_size": 24}, prompt_tuning={"prompt_length": 2, "steps": 2, "max_length": 5000}, seed=1,
+            shots=2, mode="prompt", variants=["kpt"], tokenized=str(topics_tokens), words=str(tmp_path / "w.parquet"),
+            scores=str(tmp_path / "s.parquet"), meta=str(tmp_path / "m.json"))
+
+
 # --- the blocklist --------------------------------------------------------------------------------
 
 def test_blocklist_file_entries_prefixes_phrases_and_bad_lines(tmp_path):
@@ -516,3 +551,35 @@ def test_blocked_kb_words_are_dropped_by_default_and_kept_when_off(tiny_spec, to
     words = pd.read_parquet(tmp_path / "off" / "words.parquet")
     assert {"killer", "whore"} <= set(words["word"]) and meta["blocklist"] is None
     assert sum(meta["kb_words_blocked"].values()) == 0
+
+
+# --- progress lines ---------------------------------------------------------------------------------
+
+def test_progress_lines_are_time_based(caplog):
+    import logging
+
+    from pipeline_steps.logsetup import Progress
+
+    log = logging.getLogger("progress-test")
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        quiet = Progress(log, "long loop", total=10, unit="steps", every=30)
+        for i in range(1, 11):
+            quiet.update(i)
+        assert not caplog.records  # a loop shorter than the interval says nothing
+        chatty = Progress(log, "long loop", total=10, unit="steps", every=0)
+        chatty.update(1)
+        chatty.update(4, "loss 0.5")
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["long loop: 1/10 steps", "long loop: 4/10 steps"]
+    assert "s left (loss 0.5)" in caplog.records[-1].getMessage()
+
+
+def test_zero_shot_scoring_logs_progress(tiny_spec, topics_tokens, kb_file, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("PTW_PROGRESS_SECONDS", "0")
+    with caplog.at_level(logging.INFO):
+        run_kpt(tiny_spec, topics_tokens, tmp_path, kb={"name": "paper", "source": "file", "path": str(kb_file)},
+                variants=["kpt"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("kpt tiny-bert/topics/paper/seed1: support set: " in m and "/24 examples" in m for m in lines), lines
+    assert any("test split, every candidate word: " in m and "/40 examples" in m for m in lines), lines

@@ -20,7 +20,8 @@ import torch
 
 from ..errors import UserError
 from ..io import read_json, stable_hash, write_json, write_parquet
-from ..models.registry import load_tokenizer
+from ..models.backbone import position_limit
+from ..models.registry import load_model_config, load_tokenizer
 from ..prompt_tuning.config import PromptTuningConfig
 from ..prompt_tuning.model import PromptModel
 from ..runtime import autocast, load_bundle, seed_everything, set_threads
@@ -173,12 +174,17 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
     set_threads(threads)
     seed_everything(seed)
     cfg = KPTConfig.from_dict(settings)
-    ptcfg = PromptTuningConfig.from_dict(prompt_tuning)
+    # prompt mode trains in batches of kpt.prompt_tuning.batch_size where given, else kpt.settings.batch_size
+    ptcfg = PromptTuningConfig.from_dict({**prompt_tuning, "batch_size": prompt_tuning.get("batch_size", cfg.batch_size)})
     names, C = task_spec["label_names"], len(task_spec["label_names"])
     variants = variants_for(variants, shots, cfg.relevance_few_shot)
     origin = f"knowledge base '{kb['name']}'" + (f" ({kb['path']})" if kb.get("path") else "")
     # cheap checks first: the knowledge base and the tokenizer, before any weights load
     tokenizer = load_tokenizer(model_spec)
+    if shots and mode == "prompt":  # the soft prompt and the inputs must fit the model's positions
+        from ..prompt_tuning.steps import check_lengths
+
+        check_lengths(None, ptcfg, model_spec["name"], limit=position_limit(load_model_config(model_spec)))
     block_file = blocklist_path(kb.get("blocklist", True))
     blocklist = read_blocklist(block_file) if block_file else None
     expansion = None
@@ -218,20 +224,25 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
                                              blocklist.sha256 if blocklist is not None else None])
     ckdir = Path(checkpoint_dir) if checkpoint_dir else None
 
+    run_name = f"kpt {model_spec['name']}/{task_spec['name']}/{kb['name']}/seed{seed}"
+
     def support_logits(model_for):
         """Support word logits (and, for MLM, the vocabulary-wide prior) under the given wrapper."""
+        what = f"{run_name}: support set"
         if bundle.verbalizer_kind == "mlm":
             vocab = torch.from_numpy(predict(model_for(WordLogits(base, vocab=True)), support, ptcfg.eval_batch_size,
-                                             device, amp=amp))
+                                             device, amp=amp, describe=what))
             return base.words_from_vocab(vocab.to(device)).cpu(), vocab.mean(0)
-        z = torch.from_numpy(predict(model_for(WordLogits(base)), support, ptcfg.eval_batch_size, device, amp=amp))
+        z = torch.from_numpy(predict(model_for(WordLogits(base)), support, ptcfg.eval_batch_size, device, amp=amp,
+                                     describe=what))
         return z, None
 
     score_rows, all_words = [], []
     if shots == 0:
         plain = lambda head: PlainModel(bundle.backbone, head)  # noqa: E731
         support_z, vocab_prior = support_logits(plain)
-        test_z = torch.from_numpy(predict(plain(WordLogits(base)), test, ptcfg.eval_batch_size, device, amp=amp))
+        test_z = torch.from_numpy(predict(plain(WordLogits(base)), test, ptcfg.eval_batch_size, device, amp=amp,
+                                          describe=f"{run_name}: test split, every candidate word"))
         for v in variants:
             sw = switches(v, shots, cfg.relevance_few_shot)
             ref = refine(entries, sw, support_z, vocab_prior, cfg, C)
@@ -252,7 +263,7 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
 
             init, _ = initial_prompt(bundle, ptcfg, seed, None, task_spec["name"])
             wrap = lambda head: PromptModel(bundle.backbone, head, init)  # noqa: E731
-            run_cfg = PromptTuningConfig.from_dict({**ptcfg.to_dict(), "batch_size": cfg.batch_size})
+            run_cfg = ptcfg
             lr = ptcfg.lr
         else:
             initial = {k: v.detach().clone() for k, v in bundle.backbone.hf.state_dict().items()}
@@ -292,7 +303,7 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(best[n].to(p.device))
-            preds = predict(model, test, run_cfg.eval_batch_size, device, amp=amp).argmax(1)
+            preds = predict(model, test, run_cfg.eval_batch_size, device, amp=amp, describe=f"{describe}: test").argmax(1)
             alpha = dict(zip(ref["kept"], kv.alpha().cpu().tolist()))
             row = _score_row(v, sw, metric, score(preds, test.labels, metric, C), len(test), ref, entries, C, alpha,
                              state, blocked)
