@@ -109,6 +109,12 @@ def test_planned_inputs(tmp_path):
     assert embedding_files(cfg) == []
     cfg["dynsan"]["embeddings"]["source"] = str(tmp_path)  # a model folder: its files
     assert embedding_files(cfg) == [str(tmp_path / "data.noun"), str(tmp_path / "index.noun")]
-    assert kb_inputs(cfg, "f")[0] == "kb/x.txt"
-    assert kb_inputs(cfg, "wn")[:2] == [str(tmp_path / "data.noun"), str(tmp_path / "index.noun")]
-    assert kb_inputs(cfg, "gone") == [] or all("blocklist" in f for f in kb_inputs(cfg, "gone"))
+    from pipeline_steps.kpt.config import BLOCKLIST
+
+    assert kb_inputs(cfg, "f") == ["kb/x.txt", str(BLOCKLIST)]  # the word list and the shipped blocklist
+    cfg["kpt"]["knowledge_bases"]["f"]["blocklist"] = False
+    assert kb_inputs(cfg, "f") == ["kb/x.txt"]
+    cfg["kpt"]["knowledge_bases"]["f"]["blocklist"] = "lists/mine.txt"
+    assert kb_inputs(cfg, "f") == ["kb/x.txt", "lists/mine.txt"]
+    assert kb_inputs(cfg, "wn") == [str(tmp_path / "data.noun"), str(tmp_path / "index.noun"), str(BLOCKLIST)]
+    assert kb_inputs(cfg, "gone") == [str(BLOCKLIST)]  # no WordNet there: the job names the folder
