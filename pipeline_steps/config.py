@@ -30,6 +30,14 @@ MAX_INT = 2**53 - 1  # larger integers are not exact in JSON/float tools and mea
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
 # defaults are not filled below these (task-level overrides must stay sparse)
 _NO_DEFAULTS = (("tasks", "*", "prompt_tuning"),)
+# Registries of named entries where ``NAME: null`` removes the entry. Snakemake deep-merges a
+# ``--configfile`` overlay into config.yaml (mappings key by key, lists and scalars replaced), so
+# without this an overlay could add and change entries but never drop one (docs/configuration.md).
+REMOVABLE = (("models",), ("tasks",), ("kpt", "tasks"), ("kpt", "knowledge_bases"), ("dynsan", "tasks"),
+             ("dynsan", "variants"))
+# Registries whose schema default (the shipped entries) is merged with the config's own entries
+# instead of being replaced by them: a config that defines one DynSAN variant adds it to the paper's.
+MERGED_DEFAULTS = (("dynsan", "variants"),)
 
 
 def load_schema() -> dict:
@@ -146,11 +154,44 @@ _Validator = jsonschema.validators.extend(
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_int))
 
 
+def _mapping_at(cfg: dict, path: tuple) -> dict | None:
+    node = cfg
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _schema_default(schema: dict, path: tuple) -> Any:
+    node = schema
+    for part in path:
+        node = _resolve(node, schema)["properties"][part]
+    return node.get("default")
+
+
+def apply_overlay_rules(cfg: dict, schema: dict | None = None) -> dict:
+    """What a merged config means beyond Snakemake's deep merge, applied before validation (in place):
+    the shipped entries of ``MERGED_DEFAULTS`` registries are added where the config does not name
+    them, then every ``NAME: null`` entry of a ``REMOVABLE`` registry is removed."""
+    schema = schema or load_schema()
+    for path in MERGED_DEFAULTS:
+        node = _mapping_at(cfg, path)
+        if node is not None:
+            for name, entry in (_schema_default(schema, path) or {}).items():
+                node.setdefault(name, copy.deepcopy(entry))
+    for path in REMOVABLE:
+        node = _mapping_at(cfg, path)
+        if node is not None:
+            for name in [k for k, v in node.items() if v is None]:
+                del node[name]
+    return cfg
+
+
 def validate(cfg: dict, origin: str = "config") -> dict:
-    """Validate ``cfg`` (in place: defaults are filled) and return it."""
+    """Validate ``cfg`` (in place: overlay rules applied, defaults filled) and return it."""
     schema = load_schema()
     if not isinstance(cfg, dict):
         raise UserError(f"{origin}: the config must be a mapping of keys to values, got {type(cfg).__name__}")
+    apply_overlay_rules(cfg, schema)
     check_plain_values(cfg, origin)
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
@@ -168,6 +209,41 @@ def load_config(source: str | os.PathLike | dict, origin: str | None = None) -> 
     return validate(read_yaml(source), origin or str(source))
 
 
+def used_tasks(cfg: dict) -> dict[str, str]:
+    """Every task some stage of the DAG runs, with the first key that uses it: the experiment grid,
+    the projector's pairs, and the FPT, LPT and KPT grids where they run (models and tasks given)."""
+    used: dict[str, str] = {}
+    for name in cfg["experiment"]["tasks"]:
+        used.setdefault(name, "experiment.tasks")
+    for i, pair in enumerate(cfg["projector"]["pairs"]):
+        for field in ("train_tasks", "eval_tasks"):
+            for name in pair[field]:
+                used.setdefault(name, f"projector.pairs.{i}.{field}")
+    for section in ("fpt", "lpt"):
+        if cfg[section]["models"]:
+            for name in cfg[section]["tasks"]:
+                used.setdefault(name, f"{section}.tasks")
+    if cfg["kpt"]["models"]:
+        for name in cfg["kpt"]["tasks"]:
+            used.setdefault(name, f"kpt.tasks.{name}")
+    return used
+
+
+def used_models(cfg: dict) -> dict[str, str]:
+    """Every model some stage of the DAG runs, with the first key that uses it (as ``used_tasks``)."""
+    used: dict[str, str] = {}
+    for name in cfg["experiment"]["models"]:
+        used.setdefault(name, "experiment.models")
+    for i, pair in enumerate(cfg["projector"]["pairs"]):
+        for role in ("source", "target"):
+            used.setdefault(pair[role], f"projector.pairs.{i}.{role}")
+    for section in ("fpt", "lpt", "kpt"):
+        if cfg[section]["tasks"]:
+            for name in cfg[section]["models"]:
+                used.setdefault(name, f"{section}.models")
+    return used
+
+
 def _check_references(cfg: dict, origin: str) -> None:
     exp = cfg["experiment"]
     for kind in ("tasks", "models"):
@@ -182,6 +258,7 @@ def _check_references(cfg: dict, origin: str) -> None:
             if name not in exp[pool]:
                 raise UserError(f"{origin}: key 'transfer.init.{key}': '{name}' is not in experiment.{pool} "
                                 f"{exp[pool]}")
+    tasks_used, models_used = used_tasks(cfg), used_models(cfg)
     for name, task in cfg["tasks"].items():
         where = f"{origin}: key 'tasks.{name}"
         problem = template_problem(task["template"], len(task["text_fields"]))
@@ -196,9 +273,9 @@ def _check_references(cfg: dict, origin: str) -> None:
             src.setdefault("size", 600)
         if "path" in src:
             src.setdefault("split_field", None)
-            if name in exp["tasks"] and not _path_test(Path(src["path"]).exists, f"{where}.source.path'"):
+            if name in tasks_used and not _path_test(Path(src["path"]).exists, f"{where}.source.path'"):
                 raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
-                                f"(relative paths are read from {Path.cwd()})")
+                                f"(used by {tasks_used[name]}; relative paths are read from {Path.cwd()})")
     check_projector(cfg, origin)
     check_efficient(cfg, origin)
     check_kpt(cfg, origin)
@@ -209,13 +286,14 @@ def _check_references(cfg: dict, origin: str) -> None:
         if not local and not source.startswith(("embedded:", "tiny:")) and not _HUB_ID.match(source):
             raise UserError(f"{origin}: key 'models.{name}.source': {_shown(source)} is neither a built-in model, "
                             f"a local directory (start it with ./ or /) nor a hub id (owner/name)")
-        if local and name in exp["models"] and not _path_test(Path(source).expanduser().is_dir,
-                                                             f"{origin}: key 'models.{name}.source'"):
-            raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist")
+        if local and name in models_used and not _path_test(Path(source).expanduser().is_dir,
+                                                            f"{origin}: key 'models.{name}.source'"):
+            raise UserError(f"{origin}: key 'models.{name}.source': local model directory '{source}' does not exist "
+                            f"(used by {models_used[name]})")
         if source.startswith(("embedded:", "tiny:")) and source not in BUILTIN_SOURCES:
             raise UserError(f"{origin}: key 'models.{name}.source': unknown built-in model '{source}'; "
                             f"known: {', '.join(sorted(BUILTIN_SOURCES))}")
-        if source == "embedded:mpnet-base" and name in exp["models"] \
+        if source == "embedded:mpnet-base" and name in models_used \
                 and not (built_dir(source) / "provenance.json").exists():
             try:
                 mpnet_pieces()
@@ -336,7 +414,7 @@ def check_efficient(cfg: dict, origin: str = "config") -> None:
 def check_kpt(cfg: dict, origin: str = "config") -> None:
     """Cross-checks of the ``kpt:`` section: names, per-task settings, and each knowledge-base file
     (read here, so a bad line fails before any job starts)."""
-    from .kpt.config import KPTConfig, read_kb_file
+    from .kpt.config import KPTConfig, read_blocklist, read_kb_file
 
     sec = cfg["kpt"]
     for name in sec["models"]:
@@ -364,6 +442,11 @@ def check_kpt(cfg: dict, origin: str = "config") -> None:
                     raise UserError(f"{where}.path': a file knowledge base needs a path")
                 if active:
                     read_kb_file(kb["path"], names)  # UserError naming the file (and line)
+            if isinstance(kb.get("blocklist"), str) and active:
+                try:
+                    read_blocklist(kb["blocklist"])
+                except UserError as e:
+                    raise UserError(f"{where}.blocklist': {e}") from None
             if kb["source"] == "vader":
                 missing = [n for n in names if n not in (kb.get("polarity") or {})]
                 if missing:

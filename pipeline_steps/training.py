@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .io import atomic_path, load_tensors, read_parquet, save_tensors
+from .logsetup import Progress
 from .prompt_tuning.config import PromptTuningConfig
 from .stats import is_eval_step
 
@@ -112,19 +113,23 @@ def score(preds: np.ndarray, labels: np.ndarray, metric: str, num_classes: int) 
 
 @torch.inference_mode()
 def predict(model, data: TokenizedSplit, batch_size: int, device, prompt=None, amp=None,
-            sort_by_length: bool = True) -> np.ndarray:
+            sort_by_length: bool = True, describe: str = "") -> np.ndarray:
     """Class logits ``[N, C]`` for a split, in its row order.
 
     Rows are batched in order of length (less padding to compute) and the logits put back in the
     split's order; padding is masked, so a row's logits do not depend on its batch (up to float
-    rounding)."""
+    rounding). A long pass logs progress every ~30 s (``logsetup.Progress``), named by ``describe``."""
     model.eval()
     order = np.argsort(data.lengths(), kind="stable") if sort_by_length else np.arange(len(data))
     out = []
+    progress = Progress(log, describe or "scoring", total=len(data), unit="examples")
+    done = 0
     for b in data.batches(batch_size, device, order):
         with amp or torch.autocast("cpu", enabled=False):
             logits = model(b["input_ids"], b["attention_mask"], b["mask_pos"], prompt=prompt)
         out.append(logits.float().cpu())
+        done += len(logits)
+        progress.update(done)
     logits = torch.cat(out).numpy()
     result = np.empty_like(logits)
     result[order] = logits
@@ -297,6 +302,7 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
     batches, order_epoch = None, -1
     t0 = time.perf_counter() - state.elapsed
     last_loss = float("nan")
+    progress = Progress(log, describe or "training", total=cfg.steps, unit="steps")
     while state.step < cfg.steps:
         epoch, pos = divmod(state.step, per_epoch)
         if epoch != order_epoch:
@@ -307,6 +313,7 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
                                   on_nan=f"{describe}: loss is {{loss}} at step {state.step + 1}; "
                                          f"lower the learning rate (now {cfg.lr}) or check the data")
         state.step += 1
+        progress.update(state.step, f"loss {last_loss:.4f}")
         if is_eval_step(state.step, cfg.steps, cfg.eval_every, getattr(cfg, "eval_schedule", "fixed")):
             logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)
             dev_score = score(logits.argmax(1), dev.labels, metric, num_classes)
@@ -319,6 +326,7 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
                 best = {n: p.detach().clone().cpu() for n, p in params.items()}
             log.info("%s: step %d/%d loss %.4f dev %s %.4f (best %.4f @ %d) %.1fs", describe, state.step,
                      cfg.steps, last_loss, metric, dev_score, state.best_score, state.best_step, state.elapsed)
+            progress.seen()
             if on_eval:
                 on_eval(state)
         if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:

@@ -120,3 +120,84 @@ def test_load_from_file_roundtrip(minimal_config, tmp_path):
     assert cfg["prompt_tuning"]["prompt_length"] == 10
     assert cfg["experiment"]["seeds"] == [1]
     assert load_config(copy.deepcopy(minimal_config)) == cfg
+
+
+# --- overlays (snakemake --configfile config.yaml overlay.yaml): null removes, shipped variants merge -----
+
+def _overlaid(repo_raw, overlay):
+    """config.yaml with ``overlay`` merged as Snakemake merges --configfile files, then validated."""
+    from snakemake.utils import update_config
+
+    cfg = copy.deepcopy(repo_raw)
+    update_config(cfg, overlay)
+    return load_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def repo_raw():
+    from pipeline_steps.config import REPO_ROOT, read_yaml
+
+    return read_yaml(REPO_ROOT / "config.yaml")
+
+
+def test_overlay_null_removes_a_kpt_task(repo_raw):
+    cfg = _overlaid(repo_raw, {"kpt": {"tasks": {"movies": None, "mine": {"knowledge_bases": ["wordnet"]}},
+                                       "knowledge_bases": {"neighbours": None}},
+                               "tasks": {"mine": copy.deepcopy(repo_raw["tasks"]["topics"])}})
+    assert set(cfg["kpt"]["tasks"]) == {"topics", "mine"}
+    assert set(cfg["kpt"]["knowledge_bases"]) == {"wordnet", "vader"}
+    assert cfg["tasks"]["mine"]["label_names"] == cfg["tasks"]["topics"]["label_names"]
+
+
+def test_overlay_null_removes_a_task_and_references_are_still_checked(repo_raw):
+    cfg = _overlaid(repo_raw, {"tasks": {"sst2": None, "imdb": None}})
+    assert "sst2" not in cfg["tasks"] and "imdb" not in cfg["tasks"] and "movies" in cfg["tasks"]
+    with pytest.raises(UserError, match="experiment.tasks': unknown task 'movies'"):
+        _overlaid(repo_raw, {"tasks": {"movies": None}})
+
+
+def test_dynsan_variants_add_to_the_shipped_ones_and_null_removes(repo_raw):
+    from pipeline_steps.config import load_schema
+
+    shipped = load_schema()["properties"]["dynsan"]["properties"]["variants"]["default"]
+    cfg = _overlaid(repo_raw, {"dynsan": {"variants": {"k8": {"k": 8}, "k16": None, "full_attention": {"selection": "all",
+                                                                                                         "passages": 4}}}})
+    variants = cfg["dynsan"]["variants"]
+    assert variants["k8"] == {"k": 8} and "k16" not in variants
+    assert variants["full_attention"] == {"selection": "all", "passages": 4}  # a config's own entry wins
+    assert set(shipped) - {"k16"} <= set(variants)
+    assert load_config(copy.deepcopy(repo_raw))["dynsan"]["variants"] == shipped  # nothing given: the shipped set
+
+
+def test_null_is_only_removal_in_registries(minimal_config):
+    minimal_config["prompt_tuning"] = None  # not a registry: a type error, as before
+    _expect(minimal_config, "prompt_tuning")
+
+
+# --- start-up checks cover every task and model a stage uses, not only the experiment grid ------------
+
+@pytest.mark.parametrize("use, used_by", [
+    (lambda c: c.update(kpt={"models": ["m"], "tasks": {"mine": {"knowledge_bases": ["v"]}},
+                             "knowledge_bases": {"v": {"source": "vader", "polarity": {"negative": -1,
+                                                                                       "positive": 1}}}}),
+     "kpt.tasks.mine"),
+    (lambda c: c.update(fpt={"models": ["m"], "tasks": ["mine"]}), "fpt.tasks"),
+    (lambda c: c.update(lpt={"models": ["m"], "tasks": ["mine"]}), "lpt.tasks"),
+    (lambda c: c.update(projector={"pairs": [{"source": "m", "target": "m2", "train_tasks": ["t"],
+                                              "eval_tasks": ["mine"]}]}), "projector.pairs.0.eval_tasks"),
+])
+def test_missing_file_of_a_task_only_one_stage_uses(minimal_config, tmp_path, use, used_by):
+    minimal_config["models"]["m2"] = {"source": "embedded:minilm-l3"}
+    minimal_config["tasks"]["mine"] = dict(copy.deepcopy(minimal_config["tasks"]["t"]),
+                                           source={"path": str(tmp_path / "gone.csv")})
+    load_config(copy.deepcopy(minimal_config))  # listed nowhere: not checked
+    use(minimal_config)
+    _expect(minimal_config, "tasks.mine.source.path", "gone.csv", "does not exist", f"used by {used_by}")
+
+
+def test_missing_local_model_only_kpt_uses(minimal_config, tmp_path):
+    minimal_config["models"]["mine"] = {"source": str(tmp_path / "no-model")}
+    load_config(copy.deepcopy(minimal_config))
+    minimal_config["kpt"] = {"models": ["mine"], "tasks": {"t": {"knowledge_bases": ["v"]}},
+                             "knowledge_bases": {"v": {"source": "vader", "polarity": {"negative": -1, "positive": 1}}}}
+    _expect(minimal_config, "models.mine.source", "does not exist", "used by kpt.models")

@@ -464,6 +464,28 @@ def test_resume_after_a_kill_gives_the_same_weights(prepared, tmp_path):
     assert prov["settings"]["seed"] == 3 and prov["weights"] == "ema_best_dev"
     meta = read_json(full["meta"])
     assert meta["params"] > 0 and meta["step_seconds"] > 0 and meta["peak_memory_mb"] > 0
+    assert meta["train_cpu_seconds"] > 0 and meta["step_cpu_seconds"] == pytest.approx(meta["train_cpu_seconds"] / 6,
+                                                                                       rel=0.01)
+    resumed = read_json(files["meta"])  # CPU time carried in the checkpoint, as wall time
+    assert resumed["train_cpu_seconds"] > 0 and resumed["step_cpu_seconds"] > 0
+
+
+def test_training_logs_progress_between_evaluations(prepared, tmp_path, monkeypatch, caplog):
+    """Progress lines at least every PTW_PROGRESS_SECONDS (default 30 s; 0 here: every step) besides the
+    evaluation lines, so a long run between evaluations is not silent."""
+    import logging
+
+    monkeypatch.setenv("PTW_PROGRESS_SECONDS", "0")
+    with caplog.at_level(logging.INFO):
+        _train(prepared, "span", tmp_path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("dynsan t/v seed 3: 1/6 steps") and "s left" in m for m in lines), lines
+    assert any("dev at step 3" in m and "questions" in m for m in lines)  # the dev scoring pass too
+    monkeypatch.setenv("PTW_PROGRESS_SECONDS", "30")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _train(prepared, "span", tmp_path / "quiet")
+    assert not [r for r in caplog.records if " steps, " in r.getMessage()]  # a short run: no progress lines
 
 
 def test_checkpoint_of_other_settings_is_ignored(prepared, tmp_path):

@@ -49,6 +49,7 @@ def test_dynsan_target_then_incremental_changes(workdir):
     assert 0 <= cand.loc["dynsan", "accuracy"] <= 100 and pd.isna(cand.loc["dynsan", "em"])
     runs = table[~table["variant"].str.startswith("baseline")]
     assert (runs["params"] > 0).all() and (runs["step_seconds"] > 0).all() and (runs["peak_memory_mb"] > 0).all()
+    assert (runs["train_cpu_seconds"] > 0).all() and (runs["step_cpu_seconds"] > 0).all()  # CPU beside wall time
     assert runs["settings_hash"].nunique() == 4
     # the seed statistics of the main score, and what the gated heads attended among
     assert (runs["score"] == runs["accuracy"].fillna(runs["f1"])).all() and (runs["n_seeds"] == 1).all()

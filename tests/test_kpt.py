@@ -111,6 +111,39 @@ def test_wordnet_relations(tmp_path):
     assert wordnet_words(reader, ["good"], ["similar_tos"], pos=["a", "s"])
 
 
+_EXPANSION_SCRIPT = """
+import json, sys
+from pipeline_steps.kpt.knowledge import kb_words, wordnet_reader, wordnet_words
+reader = wordnet_reader(cache=sys.argv[1])
+rel = ["synonyms", "hyponyms", "hypernyms", "similar_tos", "also_sees", "derivationally_related_forms"]
+names = ["sports", "science", "business", "politics", "good"]
+task = {"name": "t", "label_names": names, "label_words": {n: [n] for n in names}}
+kb = {"name": "wn", "source": "wordnet", "relations": rel, "depth": 2, "pos": ["n", "a", "s"], "max_senses": 3}
+print(json.dumps({"issue": wordnet_words(reader, ["business"], rel[:1] + rel[1:2] + rel[3:], 1, ["n"], 3),
+                  "kb": kb_words(kb, task)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(),
+                    reason="WordNet 3.0 is not installed at /usr/share/wordnet (scripts/setup.sh: apt-get install wordnet-base)")
+def test_wordnet_expansion_is_the_same_in_every_process(tmp_path):
+    """nltk returns related synsets from a set (order by PYTHONHASHSEED): the expansion sorts them, so two
+    processes with different hash seeds give the same words in the same order (issue #23)."""
+    import os
+    import subprocess
+    import sys
+
+    runs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        res = subprocess.run([sys.executable, "-c", _EXPANSION_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                             text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1] == runs[2]
+    assert len(runs[0]["issue"]) > 40 and all(len(v) > 5 for v in runs[0]["kb"].values())
+
+
 def test_vader_polarity_order():
     lex = {"great": 3.1, "good": 1.9, "ok": 0.9, "bad": -2.5, "awful": -2.0, ":)": 2.0, "meh": -0.2}
     assert vader_words(lex, 1, 1.0, 0.3) == ["great", "good"]
@@ -440,3 +473,113 @@ def test_planning_grid_settings_and_per_task_params(repo_config):
     assert kpt_settings(repo_config, "movies")["candidate_frac"] == 0.0
     assert kpt_settings(repo_config, "topics")["candidate_frac"] == 0.5
     assert kb_spec(repo_config, "vader")["name"] == "vader"
+
+
+def test_kpt_prompt_tuning_takes_the_shared_keys(repo_config):
+    """kpt.prompt_tuning accepts every prompt_tuning key (max_length was refused, issue #23): max_length gives
+    KPT its own tokenization, batch_size replaces kpt.settings.batch_size in prompt mode."""
+    import copy
+    import sys
+
+    from pipeline_steps.config import load_config, load_schema
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
+    from planning.kpt import kpt_prompt_settings, kpt_tokens
+
+    shared = set(load_schema()["$defs"]["prompt_tuning"]["properties"])
+    kpt_keys = set(load_schema()["properties"]["kpt"]["properties"]["prompt_tuning"]["properties"])
+    assert shared == kpt_keys
+    tokens = "results/data/{task}/tokens-{model}.parquet"
+    assert kpt_tokens(repo_config, "movies", "m", tokens) == "results/data/movies/tokens-m.parquet"
+    assert "batch_size" not in kpt_prompt_settings(repo_config, "movies")  # the step uses kpt.settings.batch_size
+    cfg = copy.deepcopy(repo_config)
+    cfg["kpt"]["prompt_tuning"].update(max_length=96, batch_size=4, eval_schedule="log")
+    cfg = load_config(cfg)
+    merged = kpt_prompt_settings(cfg, "movies")
+    assert merged["max_length"] == 96 and merged["batch_size"] == 4 and merged["eval_schedule"] == "log"
+    assert kpt_tokens(cfg, "movies", "m", tokens) == "results/kpt/tokens/movies/tokens-m-len96.parquet"
+
+
+def test_prompt_mode_checks_lengths_before_the_weights_load(tiny_spec, topics_tokens, kb_file, tmp_path):
+    from pipeline_steps.kpt.steps import run
+
+    with pytest.raises(UserError, match=r"prompt_length 2 \+ max_length 5000 exceeds the model's"):
+        run(model_spec=tiny_spec("bert"), task_spec=TOPICS, kb={"name": "paper", "source": "file", "path": str(kb_file)},
+            settings={"support_size": 24}, prompt_tuning={"prompt_length": 2, "steps": 2, "max_length": 5000}, seed=1,
+            shots=2, mode="prompt", variants=["kpt"], tokenized=str(topics_tokens), words=str(tmp_path / "w.parquet"),
+            scores=str(tmp_path / "s.parquet"), meta=str(tmp_path / "m.json"))
+
+
+# --- the blocklist --------------------------------------------------------------------------------
+
+def test_blocklist_file_entries_prefixes_phrases_and_bad_lines(tmp_path):
+    from pipeline_steps.kpt.knowledge import BLOCKLIST, apply_blocklist, read_blocklist
+
+    f = tmp_path / "block.txt"
+    f.write_text("# mine\nMurder*   # prefix\nkill\n\n")
+    b = read_blocklist(f)
+    assert b.blocks("murderous") and b.blocks("Kill") and b.blocks("kill off") and b.blocks("self-kill")
+    assert not b.blocks("skill") and not b.blocks("killjoy") and not b.blocks("market")
+    words, dropped = apply_blocklist({"a": ["kill", "game", "murderer", "team"], "b": ["vote"]}, b)
+    assert words == {"a": ["game", "team"], "b": ["vote"]} and dropped == {"a": 2, "b": 0}
+    assert apply_blocklist({"a": ["kill"]}, None) == ({"a": ["kill"]}, {"a": 0})
+    f.write_text("kill\nno/slash\n")
+    with pytest.raises(UserError, match=r"block.txt: line 2: 'no/slash' is not a word"):
+        read_blocklist(f)
+    shipped = read_blocklist(BLOCKLIST)
+    assert "Provenance: hand-written" in BLOCKLIST.read_text() and 30 <= len(shipped.words) + len(shipped.prefixes) <= 100
+    from pipeline_steps.kpt.knowledge import vader_lexicon, vader_words
+
+    strongest = vader_words(vader_lexicon(), -1, 1.5, 0.3)[:60]  # what the demo's movies KB draws from
+    assert {"rapist", "murder", "faggot", "nigger", "motherfucker"} <= set(strongest)
+    kept, _ = apply_blocklist({"negative": strongest}, shipped)
+    assert not {"rapist", "murder", "faggot", "nigger", "motherfucker", "terrorize"} & set(kept["negative"])
+
+
+def test_blocked_kb_words_are_dropped_by_default_and_kept_when_off(tiny_spec, topics_tokens, tmp_path):
+    f = tmp_path / "kb.txt"
+    f.write_text("sports,football,killer,game\nscience,physics,lab\nbusiness,money,whore,market\npolitics,vote,law\n")
+    kb = {"name": "paper", "source": "file", "path": str(f)}
+    meta = run_kpt(tiny_spec, topics_tokens, tmp_path / "on", kb=kb, variants=["kpt", "kpt-no-relevance"])
+    words = pd.read_parquet(tmp_path / "on" / "words.parquet")
+    assert not {"killer", "whore"} & set(words["word"]) and {"football", "money"} <= set(words["word"])
+    assert meta["kb_words_blocked"] == {"sports": 1, "science": 0, "business": 1, "politics": 0}
+    assert meta["blocklist"]["sha256"] and read_json(tmp_path / "on" / "meta.json")["kb_words_blocked"]["sports"] == 1
+    assert (pd.read_parquet(tmp_path / "on" / "scores.parquet")["kb_words_blocked"] == 2).all()
+
+    meta = run_kpt(tiny_spec, topics_tokens, tmp_path / "off", kb=dict(kb, blocklist=False), variants=["kpt"])
+    words = pd.read_parquet(tmp_path / "off" / "words.parquet")
+    assert {"killer", "whore"} <= set(words["word"]) and meta["blocklist"] is None
+    assert sum(meta["kb_words_blocked"].values()) == 0
+
+
+# --- progress lines ---------------------------------------------------------------------------------
+
+def test_progress_lines_are_time_based(caplog):
+    import logging
+
+    from pipeline_steps.logsetup import Progress
+
+    log = logging.getLogger("progress-test")
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        quiet = Progress(log, "long loop", total=10, unit="steps", every=30)
+        for i in range(1, 11):
+            quiet.update(i)
+        assert not caplog.records  # a loop shorter than the interval says nothing
+        chatty = Progress(log, "long loop", total=10, unit="steps", every=0)
+        chatty.update(1)
+        chatty.update(4, "loss 0.5")
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["long loop: 1/10 steps", "long loop: 4/10 steps"]
+    assert "s left (loss 0.5)" in caplog.records[-1].getMessage()
+
+
+def test_zero_shot_scoring_logs_progress(tiny_spec, topics_tokens, kb_file, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("PTW_PROGRESS_SECONDS", "0")
+    with caplog.at_level(logging.INFO):
+        run_kpt(tiny_spec, topics_tokens, tmp_path, kb={"name": "paper", "source": "file", "path": str(kb_file)},
+                variants=["kpt"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("kpt tiny-bert/topics/paper/seed1: support set: " in m and "/24 examples" in m for m in lines), lines
+    assert any("test split, every candidate word: " in m and "/40 examples" in m for m in lines), lines

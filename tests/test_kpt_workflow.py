@@ -50,6 +50,10 @@ def test_kpt_target_table_figures_and_incremental_kb_change(workdir):
     assert df["score"].between(0, 1).all() and (df["n_test"] > 0).all()
     words = pd.read_parquet(workdir / "results/kpt/tiny-bert/movies/vader/seed1/zero-shot/words.parquet")
     assert (words[words.variant == "kpt"].source == "kb").sum() > 10  # the lexicon contributed words
+    # the shipped blocklist removed VADER's slurs and violent words before the cap (issue #23)
+    assert not {"rapist", "raping", "murder", "motherfucker"} & set(words["word"])
+    assert (df[(df.knowledge_base == "vader") & (df.variant == "kpt")]["kb_words_blocked"] > 0).all()
+    assert (df[df.variant == "manual"]["kb_words_blocked"] == 0).all()
     for f in ["results/figures/kpt_score_vs_shots.png", "results/figures/kpt_ablation.png",
               "results/figures/kpt_words.png", "benchmarks/kpt_run/tiny-bert-topics-topic-words-seed1-zero-shot.tsv"]:
         assert (workdir / f).stat().st_size > 0, f
@@ -84,6 +88,8 @@ def test_kpt_target_table_figures_and_incremental_kb_change(workdir):
     (lambda c: c["kpt"]["knowledge_bases"]["vader"].update(polarity={"negative": -1}), "no polarity"),
     (lambda c: c["kpt"]["knowledge_bases"]["topic-words"].update(path="kb/missing.txt"),
      "kb/missing.txt: knowledge-base file not found"),
+    (lambda c: c["kpt"]["knowledge_bases"]["vader"].update(blocklist="kb/none.txt"),
+     "kpt.knowledge_bases.vader.blocklist': kb/none.txt: blocklist file not found"),
 ])
 def test_config_cross_checks(tmp_path, monkeypatch, change, message):
     from pipeline_steps.config import load_config
@@ -106,3 +112,27 @@ def test_bad_kb_line_fails_the_dry_run(tmp_path):
     res = _cli(tmp_path, "-n", "kpt")
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "kb/topics.txt: line 3: empty line" in out and "Traceback" not in out
+
+
+def test_overlay_removes_a_kpt_task_and_checks_what_kpt_uses(tmp_path):
+    """`--configfile config.yaml overlay.yaml`: `movies: null` drops the task from KPT (the other stages keep
+    it), kpt.prompt_tuning.max_length plans KPT's own tokenization, and a task only KPT uses with a missing
+    file stops the dry run naming the key (issue #23)."""
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "topics.txt").write_text(KB)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    overlay = {"kpt": {"tasks": {"movies": None}, "prompt_tuning": {"max_length": 24, "batch_size": 4}}}
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    res = _cli(tmp_path, "-n", "kpt", "--configfile", "config.yaml", "overlay.yaml")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "results/kpt/tiny-bert/topics/topic-words/seed1/zero-shot" in out and "results/kpt/tiny-bert/movies" not in out
+    assert "results/kpt/tokens/topics/tokens-tiny-bert-len24.parquet" in out  # kpt_tokenize at KPT's length
+
+    mine = dict(copy.deepcopy(CONFIG["tasks"]["topics"]), source={"path": "data/mine.csv"})
+    overlay = {"tasks": {"mine": mine}, "kpt": {"tasks": {"movies": None, "mine": {"knowledge_bases": ["topic-words"]}}}}
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    res = _cli(tmp_path, "-n", "kpt", "--configfile", "config.yaml", "overlay.yaml")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out
+    assert "tasks.mine.source.path': data file 'data/mine.csv' does not exist (used by kpt.tasks.mine" in out

@@ -255,6 +255,11 @@ def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path
                            profile=2, **out_pt)
     assert pt["insert_layer"] == 0 and pt["trainable_params"] == 4 * 32
     assert pt["flops_per_step"] > meta["flops_per_step"] or kind == "t5"
+    from pipeline_steps.lpt.report import summarise_lpt
+
+    table = summarise_lpt(metas=[out["meta"], out_pt["meta"]], table=str(tmp_path / kind / "lpt.parquet"),
+                          figure=str(tmp_path / kind / "lpt.png"))
+    assert (table["train_cpu_seconds"] > 0).all() and (table["train_seconds"] > 0).all()  # CPU beside wall time
 
 
 def test_late_prompt_learns_on_a_real_encoder():

@@ -330,6 +330,7 @@ def load_embeddings(emb: dict):
         from ..models.registry import minilm_l6_dir
 
         return WordPieces(str(minilm_l6_dir()))
+    source = str(Path(source).expanduser())  # as the config check reads it
     if emb.get("format", "vec") == "vec" and not Path(source).is_dir():
         return WordVectors(source, emb.get("lowercase", True), emb.get("max_words"))
     return WordPieces(source)  # a local model folder with a tokenizer and model.safetensors

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 SELECTION_COLUMNS = ["selected_fraction", "answer_share_selected", "answer_share_all", "answer_enrichment",
                      "question_share_selected", "question_share_all", "question_enrichment"]
 RESULT_COLUMNS = ["task", "kind", "variant", "seed", "em", "f1", "accuracy", "n_test", "params", "train_seconds",
-                  "step_seconds", "peak_memory_mb", "best_step", "settings_hash",
-                  *SELECTION_COLUMNS]  # + score and its seed statistics
+                  "step_seconds", "train_cpu_seconds", "step_cpu_seconds", "peak_memory_mb", "best_step",
+                  "settings_hash", *SELECTION_COLUMNS]  # + score and its seed statistics
 
 
 def word_overlap_choice(row) -> int:
@@ -67,13 +67,15 @@ def summarise(*, runs: list[dict], tokens: dict, efficiency: str | None, table: 
         rows.append({"task": r["task"], "kind": kind, "variant": r["variant"], "seed": int(r["seed"]),
                      "em": sc.get("em"), "f1": sc.get("f1"), "accuracy": sc.get("accuracy"), "n_test": sc["n"],
                      "params": meta["params"], "train_seconds": meta["train_seconds"],
-                     "step_seconds": meta["step_seconds"], "peak_memory_mb": meta["peak_memory_mb"],
+                     "step_seconds": meta["step_seconds"], "train_cpu_seconds": meta.get("train_cpu_seconds"),
+                     "step_cpu_seconds": meta.get("step_cpu_seconds"), "peak_memory_mb": meta["peak_memory_mb"],
                      "best_step": meta["best_step"], "settings_hash": meta["settings_hash"],
                      **{c: sc.get("selection", {}).get(c) for c in SELECTION_COLUMNS}})
     for task, path in sorted(tokens.items()):
         rows.extend(baselines(task, path))
     df = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
-    for col in ("em", "f1", "accuracy", "train_seconds", "step_seconds", "peak_memory_mb", *SELECTION_COLUMNS):
+    for col in ("em", "f1", "accuracy", "train_seconds", "step_seconds", "train_cpu_seconds", "step_cpu_seconds",
+                "peak_memory_mb", *SELECTION_COLUMNS):
         df[col] = df[col].astype("float64")
     df["score"] = df["accuracy"].fillna(df["f1"])  # the task's main score: accuracy (candidates) or F1 (spans)
     df = add_seed_stats(df, ["task", "variant"], ["score"])

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..io import load_tensors, read_parquet, save_tensors, stable_hash, write_json, write_parquet
+from ..logsetup import Progress
 from ..runtime import resolve_device, seed_everything, set_threads
 from .config import ModelConfig, TrainConfig
 from .metrics import best_over_golds, exact_match, f1
@@ -168,13 +169,16 @@ def selection_shares(counts: dict) -> dict:
 
 @torch.no_grad()
 def predict(model: DynSAN, data: Questions, batch_size: int, device, max_answer_length: int, amp=None,
-            limit: int = 0, selection: dict | None = None) -> pd.DataFrame:
+            limit: int = 0, describe: str = "dynsan scoring", selection: dict | None = None) -> pd.DataFrame:
     """One row per question: id, prediction, passage, score, gold, em, f1 (candidate tasks: em = accuracy).
-    ``selection``: a dict that the token-selection counts of every batch are added to (``selection_counts``)."""
+    A long pass logs progress every ~30 s. ``selection``: a dict that the token-selection counts of every
+    batch are added to (``selection_counts``)."""
     model.eval()
     n = len(data) if not limit else min(limit, len(data))
     rows = []
+    progress = Progress(log, describe, total=n, unit="questions")
     for lo in range(0, n, batch_size):
+        progress.update(lo)
         idx = list(range(lo, min(n, lo + batch_size)))
         batch = data.batch(idx, device)
         with amp or torch.autocast("cpu", enabled=False):
@@ -310,7 +314,8 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
     ema = EMA(params, tcfg.ema_decay)
     amp = _amp(dev, dtype)
     tag = stable_hash([task, variant, kind, model_settings, train_settings, passages, seed, vmeta.get("spec_hash")])
-    state = {"step": 0, "best_score": -1.0, "best_step": 0, "elapsed": 0.0, "train_seconds": 0.0, "curve": []}
+    state = {"step": 0, "best_score": -1.0, "best_step": 0, "elapsed": 0.0, "train_seconds": 0.0,
+             "train_cpu_seconds": 0.0, "curve": []}
     best = {n: p.detach().cpu().clone() for n, p in ema.shadow.items()}
     if Path(checkpoint).exists():
         try:
@@ -321,7 +326,9 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
     per_epoch = max(1, len(train_q) // tcfg.batch_size)
     order, order_epoch = None, -1
     t0 = time.perf_counter() - state["elapsed"]
-    step_time, losses = 0.0, []
+    step_time, step_cpu, losses = 0.0, 0.0, []
+    describe = f"dynsan {task}/{variant} seed {seed}"
+    progress = Progress(log, describe, total=tcfg.steps, unit="steps")
     with peak_memory(dev) as mem:
         while state["step"] < tcfg.steps:
             step = state["step"]
@@ -331,7 +338,7 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
                 order, order_epoch = torch.randperm(len(train_q), generator=g), epoch
             rows = order[pos * tcfg.batch_size:(pos + 1) * tcfg.batch_size].tolist()
             torch.manual_seed(seed * 7_919 + step)  # dropout and random selection: a function of (seed, step)
-            ts = time.perf_counter()
+            ts, cs = time.perf_counter(), time.process_time()
             batch = train_q.batch(rows, dev)
             model.train()
             for gr in optimizer.param_groups:
@@ -349,12 +356,15 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
             torch.nn.utils.clip_grad_norm_(list(params.values()), tcfg.grad_clip)
             optimizer.step()
             ema.update(params, step)
-            step_time += time.perf_counter() - ts
             losses.append(loss.item())
+            step_time += time.perf_counter() - ts
+            step_cpu += time.process_time() - cs
             state["step"] = step = step + 1
+            progress.update(step, f"loss {np.mean(losses):.4f} since the last evaluation")
             if step % tcfg.eval_every == 0 or step == tcfg.steps:
                 ema.swap(params)
-                pred = predict(model, dev_q, tcfg.eval_batch_size, dev, tcfg.max_answer_length, amp, tcfg.eval_max)
+                pred = predict(model, dev_q, tcfg.eval_batch_size, dev, tcfg.max_answer_length, amp, tcfg.eval_max,
+                               describe=f"{describe}: dev at step {step}")
                 ema.swap(params)
                 sc = summary_scores(pred, kind)
                 score = main_score(sc)
@@ -368,16 +378,19 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
                 log.info("%s/%s seed %d: step %d/%d loss %.4f dev %.2f (best %.2f @ %d) %.1fs", task, variant, seed,
                          step, tcfg.steps, state["curve"][-1]["loss"], score, state["best_score"],
                          state["best_step"], state["elapsed"])
+                progress.seen()
             if step % tcfg.checkpoint_every == 0 and step < tcfg.steps:
                 state["elapsed"] = time.perf_counter() - t0
                 state["train_seconds"] = state.get("train_seconds", 0.0) + step_time
-                step_time = 0.0
+                state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + step_cpu
+                step_time = step_cpu = 0.0
                 _save_checkpoint(checkpoint, params, optimizer, ema, best, state, tag)
                 if stop_after is not None and step >= stop_after:
                     log.info("stopping after step %d as asked (checkpoint kept)", step)
                     return
     steps_run = tcfg.steps
     train_seconds = state.get("train_seconds", 0.0) + step_time
+    train_cpu_seconds = state.get("train_cpu_seconds", 0.0) + step_cpu
     n_params = sum(p.numel() for p in params.values())
     settings = {"task": task, "variant": variant, "kind": kind, "model": model_settings, "train": train_settings,
                 "passages": passages, "seed": seed}
@@ -388,6 +401,7 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
                   metadata=provenance)
     write_json(dict(provenance, params=n_params, steps=steps_run, best_dev_score=state["best_score"],
                     train_seconds=round(train_seconds, 3), step_seconds=train_seconds / steps_run,
+                    train_cpu_seconds=round(train_cpu_seconds, 3), step_cpu_seconds=train_cpu_seconds / steps_run,
                     wall_seconds=round(time.perf_counter() - t0, 3),
                     peak_memory_mb=round(mem.peak_mb, 1) if math.isfinite(mem.peak_mb) else None,
                     memory_method=mem.method, device=str(dev)), meta)
@@ -413,7 +427,8 @@ def evaluate(*, weights: str, tokens: str, vocab: str, predictions: str, scores:
     data = Questions(df[df["split"] == split], s["passages"], s["kind"])
     torch.manual_seed(s["seed"])
     counts = {}
-    pred = predict(model, data, tcfg.eval_batch_size, dev, tcfg.max_answer_length, _amp(dev, dtype), selection=counts)
+    pred = predict(model, data, tcfg.eval_batch_size, dev, tcfg.max_answer_length, _amp(dev, dtype),
+                   describe=f"dynsan {s['task']}/{s['variant']} seed {s['seed']}: {split}", selection=counts)
     sc = dict(summary_scores(pred, s["kind"]), split=split, task=s["task"], variant=s["variant"], seed=s["seed"],
               unanswerable=int((~df[df["split"] == split]["answerable"]).sum()), settings_hash=prov["settings_hash"],
               selection=selection_shares(counts))

@@ -2,8 +2,10 @@
 KPT word-list files (read at config validation, so a bad line fails before any job). No torch import."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,3 +123,60 @@ def read_kb_file(path: str | os.PathLike, label_names: list[str]) -> dict[str, l
         raise UserError(f"{path}: {len(lines)} lines of words but the task has {len(label_names)} classes "
                         f"{label_names} (one line per class, in label order)")
     return {name: [w.strip() for w in line.split(",") if w.strip()] for name, line in zip(label_names, lines)}
+
+
+# --- the blocklist of knowledge-base words -------------------------------------------------------
+
+BLOCKLIST = Path(__file__).resolve().parent.parent.parent / "resources" / "kpt" / "blocklist.txt"
+_BLOCK_ENTRY = re.compile(r"^[a-z][a-z' -]*\*?$")
+
+
+@dataclass(frozen=True)
+class Blocklist:
+    """Words never taken from a knowledge base: exact entries and prefixes (entries ending in ``*``)."""
+    words: frozenset
+    prefixes: tuple
+    path: str = ""
+    sha256: str = ""
+
+    def blocks(self, word: str) -> bool:
+        """Whether ``word`` (or, for a phrase, one of its words) is an entry or starts with a prefix."""
+        word = word.strip().lower()
+        parts = [word] + [p for p in re.split(r"[\s_-]+", word) if p]
+        return any(p in self.words or p.startswith(self.prefixes) for p in parts)
+
+
+def read_blocklist(path: str | os.PathLike = BLOCKLIST) -> Blocklist:
+    """A blocklist file: one lower-case entry per line, ``*`` at the end for a prefix, ``#`` comments.
+    Errors name the file and line."""
+    path = Path(path).expanduser()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: blocklist file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: blocklist file cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e})") from None
+    words, prefixes = set(), []
+    for i, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip().lower()
+        if not entry:
+            continue
+        if not _BLOCK_ENTRY.match(entry):
+            raise UserError(f"{path}: line {i}: {entry!r} is not a word, a phrase or a prefix ending in *")
+        if entry.endswith("*"):
+            prefixes.append(entry[:-1])
+        else:
+            words.add(entry)
+    return Blocklist(frozenset(words), tuple(sorted(set(prefixes))), str(path), hashlib.sha256(raw).hexdigest())
+
+
+def blocklist_path(setting) -> str | None:
+    """The blocklist file of a knowledge base's ``blocklist`` setting: true (default) the shipped
+    ``resources/kpt/blocklist.txt``, false none, a string that file."""
+    if setting is False:
+        return None
+    return str(BLOCKLIST) if setting in (True, None) else str(Path(setting).expanduser())

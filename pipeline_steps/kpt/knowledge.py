@@ -11,6 +11,11 @@ candidate label words of a task from the same code path whatever the source:
 * ``vader``: the scored sentiment lexicon of the ``vaderSentiment`` package (sentiment tasks);
 * ``embedding``: nearest neighbours of the label words in the model's own input-embedding space.
 
+Every source returns its words in a fixed, documented order, the same in every process (the word
+cap keeps a prefix of it, so the order decides which words a run uses): ``file`` the file's order;
+``wordnet`` sense by sense, related synsets sorted by name (nltk gives them in hash-seed order);
+``vader`` strongest first, ties by word; ``embedding`` nearest first, ties by token id.
+
 Expansion keeps the task's first label word as each class's anchor, removes a word listed under
 two or more classes from every class where it is not the anchor, drops words the tokenizer cannot
 represent and caps the list per class. Import-light: nltk, vaderSentiment and torch load on use.
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .config import BLOCKLIST, Blocklist, blocklist_path, read_blocklist  # noqa: F401  (file formats live there)
 from .config import read_kb_file  # noqa: F401  (the word-list file format lives with the settings)
 
 log = logging.getLogger(__name__)
@@ -92,10 +98,22 @@ def wordnet_reader(dict_dir: str | os.PathLike = DEFAULT_WORDNET, cache: str | o
         return Reader(str(target), None)
 
 
+def _by_name(synsets) -> list:
+    """Synsets sorted by name (``word.pos.nn``): nltk returns a relation's synsets from a set, in an
+    order that follows the process's hash seed (PYTHONHASHSEED)."""
+    return sorted(synsets, key=lambda s: s.name())
+
+
 def wordnet_words(reader, seeds: list[str], relations: list[str], depth: int = 1, pos: list[str] | None = None,
                   max_senses: int | None = None, phrases: bool = False) -> list[str]:
-    """Related words of ``seeds``, in order: per seed and sense, synonyms then each relation's
-    synsets (breadth first, up to ``depth`` hops), each synset's lemmas in WordNet's order."""
+    """Related words of ``seeds``, in a fixed order (the same in every process): per seed, its
+    senses in WordNet's sense order; per sense, its synonyms (the synset's lemmas in WordNet's
+    order), then its derivationally related forms (sorted by synset name, then lemma), then each
+    other relation's synsets breadth first, up to ``depth`` hops, per hop and relation sorted by
+    synset name, each synset's lemmas in WordNet's order.
+
+    The sorting matters: nltk keeps a synset's pointers in a set, so its related synsets come in
+    an order that changes with PYTHONHASHSEED, and the word cap would keep different words."""
     out: list[str] = []
 
     def add(name: str) -> None:
@@ -115,7 +133,8 @@ def wordnet_words(reader, seeds: list[str], relations: list[str], depth: int = 1
             if "derivationally_related_forms" in relations:
                 for lemma in syn.lemmas():
                     if lemma.name().lower() == seed.lower().replace(" ", "_"):
-                        for rel in lemma.derivationally_related_forms():
+                        related = lemma.derivationally_related_forms()  # also from a set in nltk
+                        for rel in sorted(related, key=lambda x: (x.synset().name(), x.name())):
                             add(rel.name())
             frontier = [syn]
             for _ in range(depth):
@@ -124,7 +143,7 @@ def wordnet_words(reader, seeds: list[str], relations: list[str], depth: int = 1
                     for rel in relations:
                         if rel in ("synonyms", "derivationally_related_forms"):
                             continue
-                        nxt.extend(getattr(s, rel)())
+                        nxt.extend(_by_name(getattr(s, rel)()))
                 for s in nxt:
                     for lemma in s.lemmas():
                         add(lemma.name())
@@ -170,7 +189,7 @@ def embedding_neighbours(embeddings, tokenizer, seeds: list[str], k: int) -> lis
         if not ids:
             continue
         query = F.normalize(emb[torch.tensor(ids)].mean(0), dim=-1)
-        order = torch.argsort(emb @ query, descending=True)[: 50 * k + 100].tolist()
+        order = torch.argsort(emb @ query, descending=True, stable=True)[: 50 * k + 100].tolist()  # ties: by id
         found = 0
         for tid in order:
             if tid in special or tid in ids:
@@ -183,6 +202,17 @@ def embedding_neighbours(embeddings, tokenizer, seeds: list[str], k: int) -> lis
             if found >= k:
                 break
     return out
+
+
+# --- the blocklist ------------------------------------------------------------------------------------
+
+def apply_blocklist(words: dict[str, list[str]], blocklist: Blocklist | None
+                    ) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The knowledge base's words without blocked ones (order kept), and how many each class lost."""
+    if blocklist is None:
+        return words, {name: 0 for name in words}
+    kept = {name: [w for w in ws if not blocklist.blocks(w)] for name, ws in words.items()}
+    return kept, {name: len(words[name]) - len(kept[name]) for name in words}
 
 
 # --- one code path for every source -----------------------------------------------------------------

@@ -13,8 +13,8 @@ from ..io import read_json, read_parquet, stable_hash, write_parquet
 log = logging.getLogger(__name__)
 
 COLUMNS = ["model", "task", "shots", "seed", "mode", "variant", "knowledge_base", "words_per_class",
-           "words_by_class", "kb_words_kept", "metric", "score", "n_test", "best_dev_score", "train_seconds",
-           "config_hash"]
+           "words_by_class", "kb_words_kept", "kb_words_blocked", "metric", "score", "n_test", "best_dev_score",
+           "train_seconds", "config_hash"]
 ORDER = ["manual", "manual+calibration", "kpt", "kpt-no-frequency", "kpt-no-relevance", "kpt-no-calibration",
          "kpt-no-learnable"]
 
@@ -99,14 +99,16 @@ def _words_figure(plt, words, metas, path, classes_per_task=4, words_shown=12):
             shown = [f"[{x}]" if s == "anchor" else (x if s == "kb" else f"{x}*") for x, s in
                      zip(part["word"], part["source"])][:words_shown]
             more = len(part) - len(shown)
+            cut = (meta.get("kb_words_blocked") or {}).get(part["class"].iloc[0], 0)
             blocks.append(f"{meta['task']} / {meta['knowledge_base']} ({meta['model']}) - {part['class'].iloc[0]}: "
-                          + ", ".join(shown) + (f" (+{more})" if more > 0 else ""))
+                          + ", ".join(shown) + (f" (+{more})" if more > 0 else "")
+                          + (f" [{cut} blocked]" if cut else ""))
     if not blocks:
         blocks = ["no zero-shot KPT run in the grid"]
     lines = [line for b in blocks for line in textwrap.wrap(b, 110, subsequent_indent="    ")]
     fig, ax = plt.subplots(figsize=(10, 0.6 + 0.24 * len(lines)))
     ax.axis("off")
     ax.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8, transform=ax.transAxes)
-    ax.set_title("KPT zero-shot: kept label words ([anchor], task word*, knowledge-base words by relevance)",
-                 fontsize=9, loc="left")
+    ax.set_title("KPT zero-shot: kept label words ([anchor], task word*, knowledge-base words by relevance; "
+                 "[N blocked]: removed by the blocklist)", fontsize=9, loc="left")
     save_figure(fig, path)

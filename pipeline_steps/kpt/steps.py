@@ -20,14 +20,15 @@ import torch
 
 from ..errors import UserError
 from ..io import read_json, stable_hash, write_json, write_parquet
-from ..models.registry import load_tokenizer
+from ..models.backbone import position_limit
+from ..models.registry import load_model_config, load_tokenizer
 from ..prompt_tuning.config import PromptTuningConfig
 from ..prompt_tuning.model import PromptModel
 from ..runtime import autocast, load_bundle, seed_everything, set_threads
 from ..training import Checkpoint, TokenizedSplit, load_splits, pad_id, predict, score, train_module, trainable
 from ..verbalizers import EmbeddingVerbalizer, MLMVerbalizer
 from .config import KPTConfig, switches, variants_for
-from .knowledge import Candidate, check_file_usable, expand, kb_words
+from .knowledge import Candidate, apply_blocklist, blocklist_path, check_file_usable, expand, kb_words, read_blocklist
 from .model import KnowledgeableVerbalizer, PlainModel, frequency_drop, relevance
 
 log = logging.getLogger(__name__)
@@ -173,12 +174,19 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
     set_threads(threads)
     seed_everything(seed)
     cfg = KPTConfig.from_dict(settings)
-    ptcfg = PromptTuningConfig.from_dict(prompt_tuning)
+    # prompt mode trains in batches of kpt.prompt_tuning.batch_size where given, else kpt.settings.batch_size
+    ptcfg = PromptTuningConfig.from_dict({**prompt_tuning, "batch_size": prompt_tuning.get("batch_size", cfg.batch_size)})
     names, C = task_spec["label_names"], len(task_spec["label_names"])
     variants = variants_for(variants, shots, cfg.relevance_few_shot)
     origin = f"knowledge base '{kb['name']}'" + (f" ({kb['path']})" if kb.get("path") else "")
     # cheap checks first: the knowledge base and the tokenizer, before any weights load
     tokenizer = load_tokenizer(model_spec)
+    if shots and mode == "prompt":  # the soft prompt and the inputs must fit the model's positions
+        from ..prompt_tuning.steps import check_lengths
+
+        check_lengths(None, ptcfg, model_spec["name"], limit=position_limit(load_model_config(model_spec)))
+    block_file = blocklist_path(kb.get("blocklist", True))
+    blocklist = read_blocklist(block_file) if block_file else None
     expansion = None
     if kb["source"] != "embedding":
         expansion = kb_words(kb, task_spec)
@@ -188,6 +196,10 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
     bundle = load_bundle(model_spec)
     if expansion is None:
         expansion = kb_words(kb, task_spec, tokenizer=bundle.tokenizer, embeddings=bundle.backbone.word_embeddings.weight)
+    expansion, blocked = apply_blocklist(expansion, blocklist)  # before the cap: blocked words free no slot
+    if any(blocked.values()):
+        log.info("%s: the blocklist removed %d knowledge-base words (%s)", origin, sum(blocked.values()),
+                 ", ".join(f"{k}: {v}" for k, v in blocked.items()))
     cands = expand(task_spec, expansion, bundle.tokenizer, max_words=cfg.max_words, max_subtokens=cfg.max_subtokens,
                    origin=origin)
     entries = [e for e in cands if e.token_ids and (e.status == "kept" or e.source in ("anchor", "manual"))]
@@ -203,25 +215,34 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
     metric = task_spec["metric"]
     provenance = {"model": model_spec["name"], "task": task_spec["name"], "knowledge_base": kb["name"], "seed": seed,
                   "shots": shots, "mode": mode if shots else "none", "verbalizer": bundle.verbalizer_kind,
-                  "settings": cfg.to_dict(), "kb": kb, "variants": variants}
+                  "settings": cfg.to_dict(), "kb": kb, "variants": variants,
+                  "blocklist": None if blocklist is None else {"path": blocklist.path, "sha256": blocklist.sha256,
+                                                               "entries": len(blocklist.words) + len(blocklist.prefixes)},
+                  "kb_words_blocked": blocked}
     provenance["config_hash"] = stable_hash([model_spec, task_spec, kb, cfg.to_dict(), seed, shots, mode, variants,
-                                             ptcfg.to_dict() if shots else None])
+                                             ptcfg.to_dict() if shots else None,
+                                             blocklist.sha256 if blocklist is not None else None])
     ckdir = Path(checkpoint_dir) if checkpoint_dir else None
+
+    run_name = f"kpt {model_spec['name']}/{task_spec['name']}/{kb['name']}/seed{seed}"
 
     def support_logits(model_for):
         """Support word logits (and, for MLM, the vocabulary-wide prior) under the given wrapper."""
+        what = f"{run_name}: support set"
         if bundle.verbalizer_kind == "mlm":
             vocab = torch.from_numpy(predict(model_for(WordLogits(base, vocab=True)), support, ptcfg.eval_batch_size,
-                                             device, amp=amp))
+                                             device, amp=amp, describe=what))
             return base.words_from_vocab(vocab.to(device)).cpu(), vocab.mean(0)
-        z = torch.from_numpy(predict(model_for(WordLogits(base)), support, ptcfg.eval_batch_size, device, amp=amp))
+        z = torch.from_numpy(predict(model_for(WordLogits(base)), support, ptcfg.eval_batch_size, device, amp=amp,
+                                     describe=what))
         return z, None
 
     score_rows, all_words = [], []
     if shots == 0:
         plain = lambda head: PlainModel(bundle.backbone, head)  # noqa: E731
         support_z, vocab_prior = support_logits(plain)
-        test_z = torch.from_numpy(predict(plain(WordLogits(base)), test, ptcfg.eval_batch_size, device, amp=amp))
+        test_z = torch.from_numpy(predict(plain(WordLogits(base)), test, ptcfg.eval_batch_size, device, amp=amp,
+                                          describe=f"{run_name}: test split, every candidate word"))
         for v in variants:
             sw = switches(v, shots, cfg.relevance_few_shot)
             ref = refine(entries, sw, support_z, vocab_prior, cfg, C)
@@ -230,7 +251,7 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
             preds = kv.scores(test_z.to(device)).argmax(1).cpu().numpy()
             alpha = dict(zip(ref["kept"], kv.alpha().cpu().tolist()))
             score_rows.append(_score_row(v, sw, metric, score(preds, test.labels, metric, C), len(test), ref, entries,
-                                         C, alpha, None))
+                                         C, alpha, None, blocked))
             all_words += word_rows(v, entries, ref, sw, names, alpha, gone)
     else:
         if mode not in ("prompt", "model"):
@@ -242,7 +263,7 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
 
             init, _ = initial_prompt(bundle, ptcfg, seed, None, task_spec["name"])
             wrap = lambda head: PromptModel(bundle.backbone, head, init)  # noqa: E731
-            run_cfg = PromptTuningConfig.from_dict({**ptcfg.to_dict(), "batch_size": cfg.batch_size})
+            run_cfg = ptcfg
             lr = ptcfg.lr
         else:
             initial = {k: v.detach().clone() for k, v in bundle.backbone.hf.state_dict().items()}
@@ -282,10 +303,10 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(best[n].to(p.device))
-            preds = predict(model, test, run_cfg.eval_batch_size, device, amp=amp).argmax(1)
+            preds = predict(model, test, run_cfg.eval_batch_size, device, amp=amp, describe=f"{describe}: test").argmax(1)
             alpha = dict(zip(ref["kept"], kv.alpha().cpu().tolist()))
             row = _score_row(v, sw, metric, score(preds, test.labels, metric, C), len(test), ref, entries, C, alpha,
-                             state)
+                             state, blocked)
             words_v = word_rows(v, entries, ref, sw, names, alpha, gone)
             score_rows.append(row)
             all_words += words_v
@@ -312,11 +333,12 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
     return provenance
 
 
-def _score_row(variant, sw, metric, value, n, ref, entries, C, alpha, state) -> dict:
+def _score_row(variant, sw, metric, value, n, ref, entries, C, alpha, state, blocked: dict | None = None) -> dict:
     counts = [sum(1 for i in ref["kept"] if entries[i].cls == c) for c in range(C)]
     return {"variant": variant, "metric": metric, "score": float(value), "n_test": int(n),
             "words_per_class": float(np.mean(counts)), "words_by_class": counts,
             "kb_words_kept": int(sum(1 for i in ref["kept"] if entries[i].source == "kb")),
+            "kb_words_blocked": int(sum((blocked or {}).values())) if sw["knowledge"] else 0,
             "frequency": sw["frequency"], "relevance": sw["relevance"], "calibration": sw["calibration"],
             "learnable": sw["learnable"], "relevance_rate": ref["relevance_rate"],
             "best_dev_score": None if state is None else float(state.best_score),

@@ -28,7 +28,8 @@ def summarise_lpt(*, metas: list[str], table: str, figure: str) -> pd.DataFrame:
                      "peak_memory_mb": m.get("peak_memory_mb"),
                      "activation_memory_mb": m.get("activation_memory_mb"),
                      "trainable_params": m["trainable_params"], "flops_per_step": float(m["flops_per_step"]),
-                     "train_seconds": m["train_seconds"], "memory_method": m.get("memory_method")})
+                     "train_seconds": m["train_seconds"], "train_cpu_seconds": m.get("train_cpu_seconds"),
+                     "memory_method": m.get("memory_method")})
     df = pd.DataFrame(rows)
     base = df[df["method"] == "pt"].set_index(["model", "task", "seed"])
     if df.empty or base.empty:

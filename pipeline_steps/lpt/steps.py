@@ -143,9 +143,11 @@ def lpt_run(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, met
     provenance["config_hash"] = stable_hash([model_spec, task_spec, cfg.to_dict(), seed, method, late])
     describe = f"LPT {method} {model_spec['name']}/{task_spec['name']}/seed{seed}"
     ckpt = Checkpoint(checkpoint) if checkpoint else None
+    cpu0 = time.process_time()
     best, state, _ = train_module(model, data["train"], data["dev"], cfg, seed=seed, metric=task_spec["metric"],
                                   device=bundle.device, checkpoint=ckpt, tag=provenance["config_hash"],
                                   describe=describe, amp=amp)
+    train_cpu = max(0.0, time.process_time() - cpu0 - model.meter.eval_cpu_seconds)  # as FPT: dev evaluation excluded
     with torch.no_grad():
         for n, p in trainable(model).items():
             p.copy_(best[n])
@@ -157,6 +159,7 @@ def lpt_run(*, model_spec: dict, task_spec: dict, settings: dict, seed: int, met
     test_score = score(preds, data["test"].labels, task_spec["metric"], verbalizer.num_classes)
     provenance.update(prof, steps=state.step, best_dev_score=state.best_score, best_step=state.best_step,
                       train_seconds=round(max(0.0, state.elapsed - model.meter.eval_seconds), 3),
+                      train_cpu_seconds=round(train_cpu, 3),
                       flops_per_step=per_step, metric=task_spec["metric"], score=test_score,
                       n_test=int(len(preds)))
     frame = pd.DataFrame({"label": data["test"].labels, "pred": preds})

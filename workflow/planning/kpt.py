@@ -12,6 +12,7 @@ import copy
 RUN = "results/kpt/{model}/{task}/{kb}/seed{seed}/{setting}"
 FILES = {"words": "words.parquet", "scores": "scores.parquet", "meta": "meta.json"}
 SETTING = r"zero-shot|[0-9]+shot-(prompt|model)"
+TOKENS_AT_LENGTH = "results/kpt/tokens/{task}/tokens-{model}-len{length}.parquet"  # kpt.prompt_tuning.max_length
 
 
 def setting_name(shots: int, mode: str) -> str:
@@ -46,11 +47,24 @@ def kpt_settings(cfg: dict, task: str) -> dict:
 
 
 def kpt_prompt_settings(cfg: dict, task: str) -> dict:
-    """prompt_tuning defaults, the task's own overrides, then kpt.prompt_tuning."""
+    """prompt_tuning defaults, the task's own overrides, then kpt.prompt_tuning. The batch size is KPT's
+    own: kpt.prompt_tuning.batch_size when given, else (in the step) kpt.settings.batch_size."""
     merged = copy.deepcopy(cfg["prompt_tuning"])
     merged.update(cfg["tasks"][task].get("prompt_tuning") or {})
+    merged.pop("batch_size", None)
     merged.update(cfg["kpt"].get("prompt_tuning") or {})
     return merged
+
+
+def kpt_tokens(cfg: dict, task: str, model: str, shared: str) -> str:
+    """The tokenized inputs of a task's KPT jobs: the stage-wide ``shared`` file (TOKENS) when KPT's
+    max_length is the task's own, else KPT's own tokenization at that length (TOKENS_AT_LENGTH)."""
+    from pipeline_steps.config import pt_settings
+
+    length = kpt_prompt_settings(cfg, task)["max_length"]
+    if length == pt_settings(cfg, task)["max_length"]:
+        return shared.format(task=task, model=model)
+    return TOKENS_AT_LENGTH.format(task=task, model=model, length=length)
 
 
 def kb_spec(cfg: dict, name: str) -> dict:
@@ -58,6 +72,19 @@ def kb_spec(cfg: dict, name: str) -> dict:
 
 
 def kb_inputs(cfg: dict, name: str) -> list[str]:
-    """Files a knowledge base reads (a file KB's word list: editing it reruns its jobs)."""
+    """Files a knowledge base reads, as job inputs (editing one reruns its jobs): a file KB's word list,
+    the WordNet folder's files (none when it is missing: the job then fails naming the folder), and
+    its blocklist."""
+    from pipeline_steps.kpt.config import blocklist_path
+    from pipeline_steps.kpt.knowledge import DEFAULT_WORDNET
+
+    from .files import _folder_files
+
     kb = cfg["kpt"]["knowledge_bases"][name]
-    return [kb["path"]] if kb["source"] == "file" else []
+    files = []
+    if kb["source"] == "file":
+        files = [kb["path"]]
+    elif kb["source"] == "wordnet":
+        files = _folder_files(kb.get("path") or DEFAULT_WORDNET)
+    block = blocklist_path(kb.get("blocklist", True))
+    return files + ([block] if block else [])

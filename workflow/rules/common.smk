@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # pipeline_steps without installation, too
 sys.path.insert(0, str(Path(workflow.basedir)))  # planning/: grids and paths of each stage
 
-from pipeline_steps.config import model_spec, pt_settings, task_spec, validate
+from pipeline_steps.config import model_spec, pt_settings, task_spec, used_models, used_tasks, validate
 from pipeline_steps.errors import UserError
 from pipeline_steps.models.registry import built_dir, built_files
 
@@ -50,9 +50,10 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Nothing in a grid of embedded models and demo/local data may touch the network.
-_offline = all(config["models"][m]["source"].startswith(("embedded:", "tiny:")) for m in MODELS) and all(
-    "hub" not in config["tasks"][t]["source"] for t in TASKS
+# Nothing in a DAG of embedded models and demo/local data may touch the network (every stage's
+# models and tasks count: a hub task only KPT uses must still be allowed to download).
+_offline = all(config["models"][m]["source"].startswith(("embedded:", "tiny:")) for m in used_models(config)) and all(
+    "hub" not in config["tasks"][t]["source"] for t in used_tasks(config)
 ) and all("hub" not in config["dynsan"]["tasks"][t]["source"] for t in config["dynsan"]["run"]["tasks"])
 if _offline:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

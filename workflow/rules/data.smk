@@ -1,7 +1,11 @@
 # Stage 1: load each task, normalise, split, cache as Parquet; tokenise per (task, tokenizer).
 
+from planning.files import task_files
+
 
 rule prepare_data:
+    input:
+        lambda w: task_files(config, w.task),  # a local data file: changing it reruns the task
     output:
         DATA,
     params:

@@ -3,6 +3,7 @@
 # evaluation job per run; one efficiency sweep; one summary (tables, figures). See docs/dynsan.md.
 
 from pipeline_steps.config import dynsan_task_spec
+from planning.files import dynsan_task_files
 import planning.dynsan as DP  # a module namespace: its DATA, RUN, ... must not shadow common.smk's names
 
 DYNSAN = config["dynsan"]
@@ -17,6 +18,8 @@ wildcard_constraints:
 
 
 rule dynsan_prepare:
+    input:
+        lambda w: dynsan_task_files(config, w.dtask),  # local data and word-vector files
     output:
         **{k: f"{DP.DATA}/{f}" for k, f in DP.DATA_FILES.items()},
     params:

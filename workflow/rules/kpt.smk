@@ -1,15 +1,47 @@
 # KPT (knowledgeable prompt-tuning, docs/kpt.md): one job per (model, task, knowledge base, seed, setting)
 # running every verbalizer variant with the model loaded once; setting = zero-shot or {k}shot-{mode}.
 
-from planning.kpt import (FILES as KPT_FILES, RUN as KPT_RUN, SETTING as KPT_SETTING, kb_inputs, kb_spec,
-                          kpt_grid, kpt_prompt_settings, kpt_settings, parse_setting, run_paths)
+from planning.kpt import (FILES as KPT_FILES, RUN as KPT_RUN, SETTING as KPT_SETTING,
+                          TOKENS_AT_LENGTH as KPT_TOKENS, kb_inputs, kb_spec, kpt_grid, kpt_prompt_settings,
+                          kpt_settings, kpt_tokens, parse_setting, run_paths)
 
 KPT_JOBS = kpt_grid(config)
 
 
+rule kpt_tokenize:
+    """A task tokenized at kpt.prompt_tuning.max_length, where it differs from the task's own."""
+    input:
+        data=DATA,
+        model=lambda w: model_inputs(w.model),
+    output:
+        KPT_TOKENS,
+    wildcard_constraints:
+        length=r"[0-9]+",
+    params:
+        args=lambda w: args(
+            data_path=fmt(DATA, w),
+            output=fmt(KPT_TOKENS, w),
+            model_spec=model_spec(config, w.model),
+            task_spec=task_spec(config, w.task),
+            max_length=int(w.length),
+        ),
+    conda:
+        ENV_FILE
+    log:
+        log_path("kpt_tokenize", "{task}-{model}-len{length}"),
+    benchmark:
+        bench_path("kpt_tokenize", "{task}-{model}-len{length}")
+    threads: 1
+    resources:
+        mem_mb=lambda w, attempt: 2000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
+    shell:
+        step("tokenize")
+
+
 rule kpt_run:
     input:
-        tokens=TOKENS,
+        tokens=lambda w: kpt_tokens(config, w.task, w.model, TOKENS),
         model=lambda w: model_inputs(w.model),
         kb=lambda w: kb_inputs(config, w.kb),
     output:
@@ -28,7 +60,7 @@ rule kpt_run:
             shots=parse_setting(w.setting)[0],
             mode=parse_setting(w.setting)[1],
             variants=config["kpt"]["variants"],
-            tokenized=fmt(TOKENS, w),
+            tokenized=kpt_tokens(config, w.task, w.model, TOKENS),
             checkpoint_dir=fmt("results/checkpoints/kpt/{model}/{task}/{kb}/seed{seed}/{setting}", w),
             **{k: fmt(f"{KPT_RUN}/{f}", w) for k, f in KPT_FILES.items()},
         ),
