@@ -269,9 +269,20 @@ def _differences(g: pd.DataFrame, column: str, methods, b: str, percent: bool, n
     return out
 
 
-def _groups(df: pd.DataFrame, by: list):
+def _scored_groups(ctx: Context, table: str, by: list, column: str, score, where: dict | None,
+                   exclude: dict | None):
+    """``(key, rows, n_test)`` per group of ``by`` of ``table``'s rows kept by ``where``/``exclude``,
+    with the score in ``_score`` and the task's test size (None without a task column); nothing when
+    the table or its method ``column`` is missing."""
+    df = ctx.table(table)
+    if df is None or column not in df.columns:
+        return
+    df = _filter(df, where, exclude)
+    df = df.assign(_score=_scores(df, score))
     for key, g in df.groupby(by, dropna=False) if by else [((), df)]:
-        yield (key if isinstance(key, tuple) else (key,)), g
+        key = key if isinstance(key, tuple) else (key,)
+        task = dict(zip(by, key)).get("task")
+        yield key, g, ctx.n(task) if task else None
 
 
 def paired_difference(ctx: Context, table: str, by: list, column: str, a, b: str, score="score",
@@ -279,15 +290,9 @@ def paired_difference(ctx: Context, table: str, by: list, column: str, a, b: str
     """Per group of ``by`` and per method ``a`` (a name or a list): score(a) - score(b) within each
     seed, in points (``percent``: the table's scores are already in points). One seed: test-set
     binomial error from the table's ``n_test`` or the task's test split."""
-    df = ctx.table(table)
-    if df is None or column not in df.columns:
-        return []
-    df = _filter(df, where, exclude)
-    df = df.assign(_score=_scores(df, score))
     out = []
-    for key, g in _groups(df, by):
-        task = dict(zip(by, key)).get("task")
-        for d in _differences(g, column, a, b, percent, ctx.n(task) if task else None):
+    for key, g, n_test in _scored_groups(ctx, table, by, column, score, where, exclude):
+        for d in _differences(g, column, a, b, percent, n_test):
             out.append(Measurement(setting=_setting(key, by, **{column: f"{d['method']} vs {b}"}),
                                    per_seed=d["per_seed"], se=d["se"], se_basis=f"test-set binomial, n={d['n']}",
                                    n_test=d["n"]))
@@ -313,15 +318,9 @@ def largest_drop(ctx: Context, table: str, by: list, column: str, target: str, r
     """"Removing ``target`` costs the most": per group, score(rival) - score(target) for the rival
     ablation closest to the target (smallest mean difference), in points; > 0 when the target
     ablation scores lowest. Needs the target and at least one rival in the group."""
-    df = ctx.table(table)
-    if df is None or column not in df.columns:
-        return []
-    df = _filter(df, where, None)
-    df = df.assign(_score=_scores(df, score))
     out = []
-    for key, g in _groups(df, by):
-        task = dict(zip(by, key)).get("task")
-        diffs = _differences(g, column, rivals, target, percent, ctx.n(task) if task else None)
+    for key, g, n_test in _scored_groups(ctx, table, by, column, score, where, None):
+        diffs = _differences(g, column, rivals, target, percent, n_test)
         if not diffs:
             continue
         d = min(diffs, key=lambda d: np.mean(list(d["per_seed"].values())))
