@@ -322,3 +322,15 @@ def test_step_refuses_an_unknown_table_name(tmp_path):
         evaluate(claims=str(DEFAULT_CLAIMS), tables={"fptt": "x.parquet"}, data={}, task_kinds={}, model_sources={},
                  table=str(tmp_path / "c.parquet"), figure=str(tmp_path / "c.png"))
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_the_papers_number_is_a_target_only_in_the_papers_setting():
+    """A hub run of the paper's model on one of the paper's tasks matches its setting; a demo run does not."""
+    rows = method_table({"pt": [0.86, 0.87], "fpt_compound": [0.855, 0.862]}, seeds=(1, 2), task="mnli")
+    rows = rows.assign(flops_ratio_vs_pt=rows["method"].map({"pt": 1.0, "fpt_compound": 0.64}))
+    c = ctx(fpt=rows)
+    spec = load_claims(DEFAULT_CLAIMS)
+    paper = judge(spec, c, model_sources={"m": "t5-large"}).set_index("claim_id").loc["fpt.compound_saves_30"]
+    assert paper["setting_matches_paper"] and paper["paper_value"] == 0.65 and paper["verdict"] == REPRODUCED
+    demo = judge(spec, c, model_sources={"m": "embedded:minilm-l6"}).set_index("claim_id").loc["fpt.compound_saves_30"]
+    assert not demo["setting_matches_paper"] and demo["paper_value"] == 0.65
