@@ -258,7 +258,8 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
             curves[kind] = str(d / kind / "c.parquet")
         runs.append({"pair": "p", "projector_meta": str(tmp_path / obj / "m.json"), "zero_shot": str(d / "scores.json"),
                      "tpt_curve": curves["tpt"], "random_curve": curves["random"]})
-    df = report.projection_table(runs=runs, table=str(tmp_path / "cross_model.parquet"), figure=str(tmp_path / "f.png"))
+    df = report.projection_table(runs=runs, fraction=0.9, table=str(tmp_path / "cross_model.parquet"),
+                                 figure=str(tmp_path / "f.png"))
     stored = pd.read_parquet(tmp_path / "cross_model.parquet")
     pd.testing.assert_frame_equal(df, stored)
     assert {"source_model", "target_model", "objective", "train_tasks", "target_task", "zero_shot_score",
@@ -273,6 +274,15 @@ def test_steps_train_evaluate_tpt_table(tiny_spec, wide_spec, source, target, tm
     sp = init_speedup(read_parquet(runs[1]["tpt_curve"]), read_parquet(runs[1]["random_curve"]), 0.9)["speedup"]
     got = stored.loc[1, "init_speedup"]
     assert (math.isnan(sp) and math.isnan(got)) or got == pytest.approx(sp)
+    # the threshold is the configured transfer.init.fraction, the same as transfer_init's (no second copy)
+    from pipeline_steps.io import parquet_provenance
+
+    half = report.projection_table(runs=runs, fraction=0.5, table=str(tmp_path / "c5.parquet"))
+    assert parquet_provenance(tmp_path / "c5.parquet")["speedup_fraction"] == 0.5
+    sp5 = init_speedup(read_parquet(runs[1]["tpt_curve"]), read_parquet(runs[1]["random_curve"]), 0.5)
+    got5 = half.loc[1, "init_speedup"]
+    assert (math.isnan(sp5["speedup"]) and math.isnan(got5)) or got5 == pytest.approx(sp5["speedup"])
+    assert half.loc[1, "init_steps_to_reach"] == pytest.approx(sp5["steps_to_reach"], nan_ok=True)
 
 
 def test_train_step_rejects_prompts_of_other_lengths(tiny_spec, wide_spec, tmp_path):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from ..settings import Settings
 
 OBJECTIVES = ("distance", "task")
-SPEEDUP_FRACTION = 0.9  # init speedup threshold: this fraction of the random-init run's best dev score
 
 
 EMBEDDING_INDICATORS = ("cosine_flat", "cosine_tokens", "euclidean_flat", "euclidean_tokens")

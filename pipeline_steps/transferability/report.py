@@ -18,7 +18,6 @@ from .config import (
     EMBEDDING_INDICATORS,
     INPUT_LAYERS,
     PERFORMANCE,
-    SPEEDUP_FRACTION,
     TABLE_COLUMNS,
     TRANSFER_COLUMNS,
 )
@@ -210,7 +209,7 @@ PROJECTION_CURVE_COLUMNS = ("init_auc", "random_auc", "auc_ratio", "auc_diff", "
                             "init_dev_at_50", "random_dev_at_50", "dev_at_50_diff", "auc_start_step")
 
 
-def projection_table(*, runs: list[dict], table: str, figure: str | None = None) -> pd.DataFrame:
+def projection_table(*, runs: list[dict], fraction: float, table: str, figure: str | None = None) -> pd.DataFrame:
     """``cross_model.parquet``: one row per (pair, objective, seed, target task).
 
     Each run names its files: ``projector_meta``, ``zero_shot`` (scores JSON of ``evaluate``),
@@ -236,7 +235,7 @@ def projection_table(*, runs: list[dict], table: str, figure: str | None = None)
                "n_test": zs["n"], "projector_config_hash": pmeta["config_hash"]}
         if run.get("tpt_curve") and run.get("random_curve"):
             c_init, c_rand = read_parquet(run["tpt_curve"]), read_parquet(run["random_curve"])
-            sp = init_speedup(c_init, c_rand, SPEEDUP_FRACTION)
+            sp = init_speedup(c_init, c_rand, fraction)
             row.update(init_speedup=sp["speedup"], init_steps_to_reach=sp["steps_to_reach"],
                        random_steps_to_reach=sp["random_steps_to_reach"],
                        init_first_dev=float(c_init["dev_score"].iloc[0]), random_first_dev=float(c_rand["dev_score"].iloc[0]),
@@ -250,7 +249,7 @@ def projection_table(*, runs: list[dict], table: str, figure: str | None = None)
     from ..stats import add_seed_stats
 
     df = add_seed_stats(df, ["pair", "objective", "target_task"], ["zero_shot_score", "auc_ratio"]) if len(df) else df
-    write_parquet(df, table, metadata={"step": "summarise_projection", "speedup_fraction": SPEEDUP_FRACTION,
+    write_parquet(df, table, metadata={"step": "summarise_projection", "speedup_fraction": fraction,
                                        "interval": "95% Student t over seeds", "inputs_hash": stable_hash(rows)})
     if figure:
         _projection_figure(df, figure)

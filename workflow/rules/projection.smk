@@ -145,7 +145,7 @@ rule summarise_projection:
         table=reported(PROJ_SUMMARY["table"], "cross_model_table", "4. Cross-model projection", table="projection"),
         figure=reported(PROJ_SUMMARY["figure"], "cross_model", "4. Cross-model projection", figure="projection scores"),
     params:
-        args=args(runs=PROJ_RUNS, **PROJ_SUMMARY),
+        args=args(runs=PROJ_RUNS, fraction=config["transfer"]["init"]["fraction"], **PROJ_SUMMARY),
     conda:
         ENV_FILE
     log:
