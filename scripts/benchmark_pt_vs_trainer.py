@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from pipeline_steps.prompt_tuning.config import PromptTuningConfig  # noqa: E402  (light: no torch)
 
 MODEL = {"name": "minilm-l6", "source": "embedded:minilm-l6", "verbalizer": "embedding", "pooling": "mean",
          "embedding_scale": 20.0, "device": "cpu", "dtype": "float32"}
@@ -54,8 +55,11 @@ OURS = {
     "ours-fast-bf16": (4, True, True, False),
     "ours-compile": (0, True, False, True),
 }
+# what a config that sets none of these levers gets: the settings' defaults (sorted evaluation is
+# always on in the loop; bf16 only where a model's dtype asks for it, float32 by default)
+OURS["ours-default"] = (PromptTuningConfig().bucket_batches, True, False, False)
 TRAINER = {"trainer": False, "trainer-gbl": True}
-DEFAULT_WAYS = ["ours-base", "ours-sorted-eval", "ours-bucket", "ours-bf16", "ours-fast", "ours-fast-bf16",
+DEFAULT_WAYS = ["ours-default", "ours-base", "ours-sorted-eval", "ours-bucket", "ours-bf16", "ours-fast", "ours-fast-bf16",
                 "trainer", "trainer-gbl"]
 
 
