@@ -123,8 +123,8 @@ def plot_scores(df: pd.DataFrame, path: str) -> None:
             ["answer_enrichment", "question_enrichment"]].mean()
         if len(sel):
             sel.plot.bar(ax=ax, rot=30, width=0.8)
+            ax.legend(ax.containers, ["answer tokens", "question words"], fontsize=7)  # the bars, not the line
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-            ax.legend(["answer tokens", "question words"], fontsize=7)
         ax.set_ylabel("share among picked / share of all")
         ax.set_xlabel("")
         ax.set_title(f"{task}: what the heads attend among (first cross-passage block)", fontsize=8)
