@@ -334,3 +334,29 @@ def test_the_papers_number_is_a_target_only_in_the_papers_setting():
     assert paper["setting_matches_paper"] and paper["paper_value"] == 0.65 and paper["verdict"] == REPRODUCED
     demo = judge(spec, c, model_sources={"m": "embedded:minilm-l6"}).set_index("claim_id").loc["fpt.compound_saves_30"]
     assert not demo["setting_matches_paper"] and demo["paper_value"] == 0.65
+
+
+def test_markdown_script_prints_the_tables_numbers(tmp_path):
+    """scripts/claims_markdown.py: verdict counts per paper and one row per claim and setting, from the table."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("claims_markdown",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "claims_markdown.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fpt = method_table({"pt": [0.80, 0.82, 0.81], "fpt_compound": [0.70, 0.71, 0.72]})
+    fpt = fpt.assign(score_diff_vs_pt=0.0, flops_ratio_vs_pt=fpt["method"].map({"pt": 1, "fpt_compound": .55}),
+                     wall_ratio_vs_pt=fpt["method"].map({"pt": 1, "fpt_compound": .6}))
+    write_parquet(fpt, tmp_path / "fpt.parquet")
+    df = evaluate(claims=str(DEFAULT_CLAIMS), tables={"fpt": str(tmp_path / "fpt.parquet")}, data={}, task_kinds={},
+                  model_sources={}, table=str(tmp_path / "claims.parquet"), figure=str(tmp_path / "claims.png"))
+    text = mod.markdown(pd.read_parquet(tmp_path / "claims.parquet"))
+    lines = text.splitlines()
+    assert lines[0].startswith(f"{len(df)} rows: **{int((df.verdict == REPRODUCED).sum())} reproduced**")
+    fpt_counts = df[df.paper == "fpt"]["verdict"].value_counts()
+    assert f"| fpt | {fpt_counts.get(REPRODUCED, 0)} | {fpt_counts.get(NOT_REPRODUCED, 0)} |" in text
+    row = next(line for line in lines if line.startswith("| `fpt.less_compute`"))
+    assert "fpt_compound" in row and "| 0.55 [0.55, 0.55] | 3 seeds |" in row and "**reproduced**" in row
+    assert "| 0.65 |" in row                        # the paper's verified number
+    assert sum(line.startswith("| `") for line in lines) == len(df)
