@@ -32,8 +32,9 @@ def test_top_k_selection_ignores_padding():
     assert valid.sum() == 4 and 3 in idx[0, 0][~valid[0, 0]].tolist()
 
 
-def _manual_block(blk: DynSABlock, u: torch.Tensor, selected: list[list[int]]) -> torch.Tensor:
-    """The block's formula written out per head with explicit loops (no convolutions)."""
+def _manual_block(blk: DynSABlock, u: torch.Tensor, selected: list[list[int]], ids: list[int] | None = None) -> torch.Tensor:
+    """The block's formula written out per head with explicit loops (no convolutions); with ``ids``, the
+    identity links: ``+ b_h`` on the score of two selected occurrences of the same token id (> 1)."""
     length, d = u.shape[1:]
     h, dh = blk.heads, d // blk.heads
     p = F.relu(blk.fc(blk.norm(u)))[0]
@@ -44,7 +45,13 @@ def _manual_block(blk: DynSABlock, u: torch.Tensor, selected: list[list[int]]) -
     for head in range(h):
         sel = selected[head]
         a = torch.zeros(length, dh)
-        att = (q[sel, head] @ k[sel, head].T / math.sqrt(dh)).softmax(-1) @ v[sel, head]
+        scores = q[sel, head] @ k[sel, head].T / math.sqrt(dh)
+        if ids is not None:
+            for a_i, i in enumerate(sel):
+                for a_j, j in enumerate(sel):
+                    if ids[i] == ids[j] and ids[i] > 1:
+                        scores[a_i, a_j] = scores[a_i, a_j] + blk.match[head]
+        att = scores.softmax(-1) @ v[sel, head]
         a[sel] = att
         z[:, head] = (dense[:, head] + a) * (g[head] / g[head].max())[:, None]
     return u[0] + blk.out(z.reshape(length, d))
@@ -81,6 +88,38 @@ def test_l_at_most_k_equals_full_attention():
     # and it is the written-out formula with every token selected
     out = gated(u[:1], mask[:1])
     assert torch.allclose(out[0], _manual_block(gated, u[:1], [list(range(5))] * 2), atol=1e-5)
+
+
+def test_match_bias_links_occurrences_of_the_same_token():
+    """``match_bias``: each head adds its learned b_h to the score of two selected occurrences of one token
+    id (ids 0/1, padding and unknown, link nothing); without ids (encoder, passage block) nothing changes."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(dict(d=8, heads=2, k=4, dropout=0.0, conv=False, match_bias=True, match_bias_init=3.0))
+    blk = DynSABlock(cfg, links=True).eval()
+    plain = DynSABlock(cfg).eval()
+    assert plain.match is None and blk.match.tolist() == [3.0, 3.0]
+    with torch.no_grad():
+        blk.match.copy_(torch.tensor([3.0, -1.5]))
+    plain.load_state_dict({k: v for k, v in blk.state_dict().items() if k != "match"})
+    u = torch.randn(1, 7, 8)
+    mask = torch.ones(1, 7, dtype=torch.bool)
+    ids = [5, 7, 5, 1, 9, 1, 7]
+    out = blk(u, mask, torch.tensor([ids]))
+    selected = [blk.last_selected[0, h].tolist() for h in range(2)]
+    assert torch.allclose(out[0], _manual_block(blk, u, selected, ids), atol=1e-5)
+    assert not torch.allclose(out, plain(u, mask), atol=1e-4)                 # the links change the output
+    assert torch.allclose(blk(u, mask), plain(u, mask), atol=1e-6)            # no ids: no links
+    full = DynSABlock(ModelConfig.from_dict(dict(cfg.to_dict(), selection="all")), links=True).eval()
+    full.load_state_dict(blk.state_dict())
+    out = full(u, mask, torch.tensor([ids]))
+    assert torch.allclose(out[0], _manual_block(full, u, [list(range(7))] * 2, ids), atol=1e-5)
+    out.sum().backward()
+    assert full.match.grad is not None and full.match.grad.abs().sum() > 0   # the bias is learned
+    net = DynSAN(ModelConfig(d=8, heads=2, k=64, blocks=2, dropout=0.0, char_dim=3, char_channels=4, max_chars=4,
+                             match_bias=True), torch.randn(20, 6), torch.randint(0, 5, (20, 4)), 5)
+    assert [n for n, _ in net.named_parameters() if n.endswith("match")] == ["blocks.0.match", "blocks.1.match"]
+    m, _, _ = resolve_variant({"match_bias": True}, {}, {"match_bias": False}, 10)
+    assert m["match_bias"] is False
 
 
 def test_padding_does_not_change_valid_outputs():

@@ -30,6 +30,12 @@ class ModelConfig(Settings):
     conv: bool = True            # the two depthwise-separable convolutions of each block
     cross_passage: bool = True   # the N final blocks see all passages as one sequence
     self_attention: bool = True  # the attention path (off: the dense path only)
+    # not in the paper: in the final (cross-passage) blocks each head adds a learned bias to the attention
+    # score of two occurrences of the same token, so that a mention can find its other mentions in other
+    # passages (the link a two-hop question needs: person -> city in one passage, the city -> its
+    # country in another); docs/dynsan.md, "What the two-hop questions need"
+    match_bias: bool = False
+    match_bias_init: float = 5.0  # its initial value (per head, learned)
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
@@ -75,7 +81,7 @@ class TrainConfig(Settings):
 
 
 # variant keys that are model switches, and the ones that change the data or the loss
-VARIANT_MODEL_KEYS = ("selection", "gate", "conv", "cross_passage", "self_attention", "k")
+VARIANT_MODEL_KEYS = ("selection", "gate", "conv", "cross_passage", "self_attention", "match_bias", "k")
 VARIANT_KEYS = VARIANT_MODEL_KEYS + ("beta", "passages")
 
 

@@ -53,9 +53,11 @@ class DynSABlock(nn.Module):
     top-``k`` positions of ``g_h`` attend among themselves only (scaled dot product), results are
     scattered back (zero elsewhere); a dense path ``F_h = Affine_h(P)`` covers every position;
     ``Z_h = (F_h + A_h) * g_h / max(g_h)``; output ``Linear(concat_h Z_h) + U``.
+    With ``links`` (``match_bias``, not in the paper) head ``h`` adds ``b_h`` (learned) to the score of
+    two selected occurrences of the same token id.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, links: bool = False):
         super().__init__()
         d, self.heads, self.k = cfg.d, cfg.heads, cfg.k
         self.selection, self.use_gate, self.use_attention = cfg.selection, cfg.gate, cfg.self_attention
@@ -65,13 +67,17 @@ class DynSABlock(nn.Module):
         self.gate = nn.Linear(d, cfg.heads)
         self.dense = nn.Linear(d, d)
         self.qkv = nn.Linear(d, 3 * d) if cfg.self_attention else None
+        # identity links (``links``: the final blocks when ``match_bias`` is on): a learned per-head bias on
+        # the attention score of two occurrences of the same token (ids passed to ``forward``)
+        self.match = nn.Parameter(torch.full((cfg.heads,), float(cfg.match_bias_init))) \
+            if links and cfg.self_attention else None
         self.out = nn.Linear(d, d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.last_gate: torch.Tensor | None = None       # [B, H, L] of the last call, for the figures
         self.gate_sums: list[torch.Tensor] = []           # sum of |G| per call since the network's forward began
         self.last_selected: torch.Tensor | None = None   # [B, H, K'] positions attended among
 
-    def attention(self, p: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def attention(self, p: torch.Tensor, mask: torch.Tensor, g: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """``A`` ``[B, H, L, dh]``: attention among the selected tokens of each head, zero elsewhere."""
         b, length, d = p.shape
         dh = d // self.heads
@@ -87,11 +93,17 @@ class DynSABlock(nn.Module):
         qs, ks, vs = (torch.gather(t, 2, gather) for t in (q, k, v))
         allowed = valid[:, :, None, :] & valid[:, :, :, None]  # [B, H, K', K']
         allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=p.device)  # no empty rows
+        if self.match is not None and ids is not None:
+            tok = torch.gather(ids[:, None, :].expand(b, self.heads, length), 2, idx)   # [B, H, K']
+            # ids 0 and 1 are padding and out-of-vocabulary: they link nothing
+            same = ((tok[..., :, None] == tok[..., None, :]) & (tok[..., :, None] > 1)).to(qs.dtype)
+            bias = same * self.match.to(qs.dtype)[None, :, None, None]
+            allowed = bias.masked_fill(~allowed, float("-inf"))
         a = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)
         a = a * valid[..., None]
         return torch.zeros_like(q).scatter(2, gather, a)
 
-    def forward(self, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         for conv in self.convs:
             u = conv(u, mask)
         b, length, d = u.shape
@@ -106,7 +118,7 @@ class DynSABlock(nn.Module):
             self.gate_sums.append(g.abs().sum())
         z = self.dense(p).view(b, length, self.heads, dh).transpose(1, 2)  # dense path F [B, H, L, dh]
         if self.use_attention:
-            z = z + self.attention(p, mask, g)
+            z = z + self.attention(p, mask, g, ids)
         else:
             self.last_selected = None
         if self.use_gate:
@@ -200,7 +212,7 @@ class DynSAN(nn.Module):
         self.cq_proj = nn.Linear(4 * cfg.d, cfg.d)
         self.passage_block = DynSABlock(cfg)
         self.rank = nn.Embedding(cfg.max_passages, cfg.d)
-        self.blocks = nn.ModuleList([DynSABlock(cfg) for _ in range(cfg.blocks)])
+        self.blocks = nn.ModuleList([DynSABlock(cfg, links=cfg.match_bias) for _ in range(cfg.blocks)])
         self.start = nn.Linear(2 * cfg.d, 1)
         self.end = nn.Linear(2 * cfg.d, 1)
 
@@ -229,11 +241,13 @@ class DynSAN(nn.Module):
         x = x.view(b, n_p, lp, -1) + self.rank(ranks)[None, :, None, :]
         if self.cfg.cross_passage:
             x, mask = x.reshape(b, n_p * lp, -1), p_mask.reshape(b, n_p * lp)
+            ids = p_ids.reshape(b, n_p * lp)
         else:  # ablation: the final blocks see one passage at a time
             x, mask = x.reshape(b * n_p, lp, -1), flat_mask
+            ids = p_ids.reshape(b * n_p, lp)
         outs = []
         for blk in self.blocks:
-            x = blk(x, mask)
+            x = blk(x, mask, ids)
             outs.append(x)
         mid = outs[(len(outs) - 1) // 2]
         last = outs[-1]
