@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from .errors import UserError
-from .io import stable_hash
+from .io import read_text, stable_hash
 from .models.registry import BUILTIN_SOURCES, built_dir, is_local_path, mpnet_pieces
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +52,7 @@ def _load_schema(path: Path) -> dict:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+    text = read_text(path, "config file")  # UTF-8, or one line naming the file and line
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
