@@ -267,21 +267,40 @@ def load_records(spec: dict) -> tuple[list[dict], str]:
             for split, path in paths.items():
                 recs = read_local(path, src.get("format"))
                 raws.append((path, [dict(r, split=split) for r in recs]))
-    out = []
+    out, first_seen = [], {}
     for origin, recs in raws:
         for i, r in enumerate(recs):
-            where = f"{i}" + (f" (id {r['id']})" if isinstance(r, dict) and r.get("id") is not None else "")
+            rid = r.get("id") if isinstance(r, dict) else None
+            where = f"{i}" + (f" (id {rid})" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else "")
             if not isinstance(r, dict) or r.get("__bad"):
                 raise UserError(f"{origin}: record {i}: not a JSON object")
             rec = check_record(r, origin, where, kind)
             split = rec.get("split")
             if split is not None:
-                key = str(split).strip().lower()
+                key = split.strip().lower()
                 if key not in _SPLIT_ALIASES:
                     raise _bad(origin, where, "split", f"'{split}' is not train, dev (validation) or test")
                 rec["split"] = _SPLIT_ALIASES[key]
+            if rec["has_id"]:  # a record without an id is named by its position: no duplicate possible
+                seen = first_seen.setdefault((rec["split"], rec["id"]), (origin, i))
+                if seen != (origin, i):
+                    place = f"split '{rec['split']}'" if rec["split"] else "the records without a split"
+                    raise UserError(f"{origin}: record {where}: the id is also record {seen[1]}'s"
+                                    f"{'' if seen[0] == origin else f' in {seen[0]}'} ({place}); ids must be unique "
+                                    f"within a split (a repeated question would count twice in training or scoring)")
             out.append(rec)
     return out, raws[0][0]
+
+
+def cross_split_duplicates(recs: list[dict]) -> int:
+    """Ids that occur in more than one split (after ``assign_splits``). Counted and warned, not refused:
+    per-split files often number their records from 0 each, so the same id in train and test is
+    not always the same question; a reader of the table sees the count (docs/robustness.md)."""
+    splits: dict[str, set] = {}
+    for r in recs:
+        if r.get("has_id", True):
+            splits.setdefault(r["id"], set()).add(r["split"])
+    return sum(1 for s in splits.values() if len(s) > 1)
 
 
 def assign_splits(recs: list[dict], spec: dict) -> list[dict]:
@@ -457,18 +476,21 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
         return out
 
     max_p, max_tok, max_total = limits["passages"], limits["passage_tokens"], limits["total_tokens"]
-    rows, dropped = [], {s: 0 for s in SPLITS}
+    rows, dropped, truncated = [], {s: 0 for s in SPLITS}, 0
     unanswerable = {s: 0 for s in SPLITS}
     for rec in recs:
         q_ids, q_toks, _ = emb.encode(rec["question"])
         q_ids = compact(q_ids[: limits["question_tokens"]], q_toks[: limits["question_tokens"]]) or [1]
         p_ids, p_starts, p_ends, p_texts, norm_toks, total = [], [], [], [], [], 0
+        cut = len(rec["passages"]) > max_p
         for text in rec["passages"][:max_p]:
             ids, toks, offs = emb.encode(text)
-            ids, toks, offs = ids[:max_tok], toks[:max_tok], offs[:max_tok]
             room = max_total - total
             if room <= 0:
+                cut = True
                 break
+            cut = cut or len(ids) > min(max_tok, room)
+            ids, toks, offs = ids[:max_tok], toks[:max_tok], offs[:max_tok]
             ids, toks, offs = ids[:room], toks[:room], offs[:room]
             if not ids:
                 continue
@@ -509,6 +531,7 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
             row.update(mention_c=[], mention_p=[], mention_s=[], mention_e=[])
         row.update(span_p=[s[0] for s in spans], span_s=[s[1] for s in spans], span_e=[s[2] for s in spans],
                    answerable=answerable)
+        truncated += cut
         if not answerable:
             unanswerable[rec["split"]] += 1
             if rec["split"] == "train":
@@ -517,7 +540,7 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
         rows.append(row)
     df = pd.DataFrame(rows)
     counts = {s: int((df["split"] == s).sum()) if len(df) else 0 for s in SPLITS}
-    report = {"questions": counts, "dropped_train_without_span": dropped["train"],
+    report = {"questions": counts, "dropped_train_without_span": dropped["train"], "truncated": int(truncated),
               "unanswerable": unanswerable, "vocabulary": len(vocab) + 2,
               "mean_passages": float(df["p_ids"].map(len).mean()) if len(df) else 0.0,
               "mean_tokens": float(df["p_ids"].map(lambda p: sum(map(len, p))).mean()) if len(df) else 0.0}
