@@ -319,3 +319,37 @@ def test_variant_equal_to_full_attention_is_warned_at_start(tmp_path):
     assert ("warning: config: key 'dynsan.variants.dynsan' (task 'vectors'): k 64 >= the 64 tokens a question keeps"
             in out and "the same model as selection 'all'" in out), out[-3000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_counts_reach_the_tables_and_the_console(tmp_path):
+    """Issue 21, class 4: dropped, truncated and cross-split duplicated DynSAN records and a KPT k-shot
+    shortfall are columns of the stages' tables and 'note:' lines of the run's console output."""
+    qa = [dict(_QA, id=f"q{i}") for i in range(8)]
+    files = {"train": qa[:6] + [dict(_QA, id="lost", answers=["tokyo"])],  # no span for tokyo: dropped
+             "dev": [dict(r, id=f"d{i}") for i, r in enumerate(qa[:3])],
+             "test": [dict(_QA, id="q0")] + [dict(r, id=f"t{i}", passages=["anna was born in paris ."] * 6)
+                                             for i, r in enumerate(qa[:3])]}  # q0 is in train too; 6 passages > 4
+    (tmp_path / "data").mkdir()
+    for split, rows in files.items():
+        (tmp_path / "data" / f"{split}.jsonl").write_bytes(_jsonl(rows))
+    cfg = _dynsan_config()
+    cfg["dynsan"]["run"] = {"tasks": ["mine"], "variants": ["dynsan"]}
+    cfg["dynsan"]["embeddings"] = {"source": "embedded:minilm-l6"}
+    cfg["dynsan"]["train"] = {"steps": 2, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1}
+    cfg["dynsan"]["tasks"] = {"mine": {"source": {"path": {s: f"data/{s}.jsonl" for s in files}}}}
+    cfg["kpt"] = {"models": ["tiny-bert"], "shots": [40], "modes": ["prompt"], "variants": ["manual"],
+                  "settings": {"support_size": 8}, "prompt_tuning": {"steps": 1, "eval_every": 1},
+                  "tasks": {"movies": {"knowledge_bases": ["near"]}},
+                  "knowledge_bases": {"near": {"source": "embedding"}}}  # 60 reviews: fewer than 40 per class
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rc, out = _snakemake(tmp_path, "--cores", "2", "dynsan", "kpt")
+    assert rc == 0, out[-3000:]
+    dyn = pd.read_parquet(tmp_path / "results/tables/dynsan.parquet")
+    mine = dyn[dyn["task"] == "mine"].iloc[0]
+    assert (mine["dropped"], mine["truncated"], mine["duplicates"], mine["latin1_lines"]) == (1, 3, 1, 0)
+    kpt = pd.read_parquet(tmp_path / "results/tables/kpt.parquet")
+    assert (kpt["k_shot_shortfall"] > 0).all()
+    assert ("note: dynsan.parquet: task mine: 1 training questions dropped (no answer span in the kept passages); "
+            "3 questions cut to dynsan.limits; 1 ids in more than one split") in out, out[-3000:]
+    assert f"note: kpt.parquet: model tiny-bert, task movies, knowledge_base near, shots 40, mode prompt, seed 1: " \
+           f"{int(kpt['k_shot_shortfall'].iloc[0])} examples short of k per class" in out, out[-3000:]
