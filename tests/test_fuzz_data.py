@@ -266,7 +266,7 @@ def dynsan_files(draw) -> tuple[str, str, bytes]:
         elif what == "drop":
             recs[i].pop(draw(st.sampled_from(FIELDS)), None)
         elif what == "dup_id":
-            recs[i]["id"] = recs[0]["id"]
+            recs[i]["id"] = recs[0].get("id", "q0")
         else:
             recs[i] = draw(st.sampled_from([[1], "text", 3, None]))
     layout = draw(st.sampled_from(["jsonl", "jsonl", "qangaroo", "mrqa"]))

@@ -43,6 +43,12 @@ def _bad(origin: str, where, field: str, problem: str) -> UserError:
     return UserError(f"{origin}: record {where}: field '{field}' {problem}")
 
 
+def _one_line(value, limit: int = 60) -> str:
+    """A value quoted in a message: newlines and other control characters escaped, long values cut."""
+    text = repr(str(value))[1:-1]
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def json_type(value) -> str:
     """The JSON name of a value's type (the words a user sees in the file)."""
     if value is None:
@@ -128,7 +134,7 @@ def check_record(rec: dict, origin: str, where, kind: str) -> dict:
         if not isinstance(rec["answer"], str):
             raise _bad(origin, where, "answer", f"must be a string, got {json_type(rec['answer'])}")
         if rec["answer"] not in cands:
-            raise _bad(origin, where, "candidates", f"does not contain the answer '{rec['answer']}'")
+            raise _bad(origin, where, "candidates", f"does not contain the answer '{_one_line(rec['answer'])}'")
         out.update(candidates=cands, answer=rec["answer"], answers=[rec["answer"]])
     else:
         answers = [a for a in _answer_texts(rec["answers"], origin, where) if a.strip()]
@@ -271,7 +277,7 @@ def load_records(spec: dict) -> tuple[list[dict], str]:
     for origin, recs in raws:
         for i, r in enumerate(recs):
             rid = r.get("id") if isinstance(r, dict) else None
-            where = f"{i}" + (f" (id {rid})" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else "")
+            where = f"{i}" + (f" (id {_one_line(rid)})" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else "")
             if not isinstance(r, dict) or r.get("__bad"):
                 raise UserError(f"{origin}: record {i}: not a JSON object")
             rec = check_record(r, origin, where, kind)
@@ -279,7 +285,7 @@ def load_records(spec: dict) -> tuple[list[dict], str]:
             if split is not None:
                 key = split.strip().lower()
                 if key not in _SPLIT_ALIASES:
-                    raise _bad(origin, where, "split", f"'{split}' is not train, dev (validation) or test")
+                    raise _bad(origin, where, "split", f"'{_one_line(split)}' is not train, dev (validation) or test")
                 rec["split"] = _SPLIT_ALIASES[key]
             if rec["has_id"]:  # a record without an id is named by its position: no duplicate possible
                 seen = first_seen.setdefault((rec["split"], rec["id"]), (origin, i))
