@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from .errors import UserError
-from .io import stable_hash
+from .io import read_text, stable_hash
 from .models.registry import BUILTIN_SOURCES, built_dir, is_local_path, mpnet_pieces
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +52,7 @@ def _load_schema(path: Path) -> dict:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+    text = read_text(path, "config file")  # UTF-8, or one line naming the file and line
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -497,12 +494,26 @@ def check_dynsan(cfg: dict, origin: str = "config") -> None:
             if name not in pool:
                 raise UserError(f"{origin}: key 'dynsan.run.{kind}': unknown {kind[:-1]} '{name}'; "
                                 f"defined in dynsan.{kind}: {', '.join(sorted(pool)) or '(none)'}")
+    from .dynsan.config import ModelConfig, TrainConfig
+
+    # the section's own settings, whether or not a task runs (the shape rules live in ModelConfig.check)
+    for key, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        try:
+            cls.from_dict(sec[key])
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{origin}: key 'dynsan.{key}': {e}") from None
     for name in run["variants"]:
-        for task in run["tasks"]:
+        for task in run["tasks"] or [None]:
             try:
                 dynsan_settings(cfg, task, name)
             except (ValueError, TypeError) as e:
-                raise UserError(f"{origin}: key 'dynsan.variants.{name}' (task '{task}'): {e}") from None
+                on = f" (task '{task}')" if task else ""
+                raise UserError(f"{origin}: key 'dynsan.variants.{name}'{on}: {e}") from None
+    eff = sec["efficiency"]
+    try:  # the sweep builds blocks of this width and these heads, with a gated selection of k tokens
+        ModelConfig.from_dict({"d": eff["d"], "heads": eff["heads"], "k": eff["k"], "blocks": eff["blocks"]})
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{origin}: key 'dynsan.efficiency': {e}") from None
     for name, task in sec["tasks"].items():
         key = f"{origin}: key 'dynsan.tasks.{name}"
         src = task["source"]
@@ -544,10 +555,55 @@ def dynsan_settings(cfg: dict, task: str, variant: str) -> tuple[dict, dict, int
     from .dynsan.config import resolve_variant
 
     sec = cfg["dynsan"]
-    spec = sec["tasks"][task]
+    spec = sec["tasks"][task] if task is not None else {}  # None: the section's settings alone
     train = dict(sec["train"], **(spec.get("train") or {}))
     passages = dict(sec["limits"], **(spec.get("limits") or {}))["passages"]
     return resolve_variant(sec["model"], train, sec["variants"][variant], passages)
+
+
+def question_tokens_kept(cfg: dict, task: str, passages: int, cross_passage: bool = True) -> int:
+    """The most positions one attention of the final blocks sees for ``task``: all kept passages'
+    tokens (``passages`` x ``passage_tokens``, at most ``total_tokens``), or one passage's without
+    cross-passage attention."""
+    sec = cfg["dynsan"]
+    limits = dict(sec["limits"], **(sec["tasks"][task].get("limits") or {}))
+    per_passage = min(limits["passage_tokens"], limits["total_tokens"])
+    if not cross_passage:
+        return per_passage
+    return min(min(passages, limits["passages"]) * limits["passage_tokens"], limits["total_tokens"])
+
+
+def config_warnings(cfg: dict, origin: str = "config") -> list[str]:
+    """Settings that are valid but make the run mean less than it seems (printed at start, not
+    refused): a DynSAN variant whose token budget k covers every token (it then computes full
+    attention: the same model as selection 'all'), a sweep length at or below its k, a variant asking
+    for more passages than the data keeps. Call after ``validate``."""
+    out = []
+    sec = cfg["dynsan"]
+    run = sec["run"]
+    for task in run["tasks"]:
+        for name in run["variants"]:
+            model, _, passages = dynsan_settings(cfg, task, name)
+            kept = dict(sec["limits"], **(sec["tasks"][task].get("limits") or {}))["passages"]
+            if passages > kept:
+                out.append(f"{origin}: key 'dynsan.variants.{name}.passages': {passages} passages asked, but "
+                           f"task '{task}' keeps {kept} (dynsan.limits.passages); the run uses {kept}")
+            if model["selection"] == "all" or not model.get("self_attention", True):
+                continue
+            tokens = question_tokens_kept(cfg, task, passages, model.get("cross_passage", True))
+            if model["k"] >= tokens:
+                scope = "a question keeps" if model.get("cross_passage", True) else "a passage keeps (no cross_passage)"
+                out.append(f"{origin}: key 'dynsan.variants.{name}' (task '{task}'): k {model['k']} >= the {tokens} "
+                           f"tokens {scope}, so selection '{model['selection']}' keeps every token: this "
+                           f"variant computes full attention, the same model as selection 'all'; lower k "
+                           f"(dynsan.model.k or the variant's k) below {tokens}")
+    if run["tasks"]:
+        eff = sec["efficiency"]
+        covered = [n for n in eff["lengths"] if n <= eff["k"]]
+        if covered and any(v != "all" for v in eff["variants"]):
+            out.append(f"{origin}: key 'dynsan.efficiency.k': k {eff['k']} >= the sweep lengths {covered}: there "
+                       f"the gated and random selections keep every token and time full attention")
+    return out
 
 
 def dynsan_task_spec(cfg: dict, task: str) -> dict:

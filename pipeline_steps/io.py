@@ -72,6 +72,93 @@ def parquet_provenance(path: str | os.PathLike) -> dict:
     return json.loads(raw) if raw else {}
 
 
+# --- text files: the one reader every text format goes through ------------------------------------
+
+ENCODINGS = ("utf-8", "utf-8-or-latin-1")  # the second: lines that are not UTF-8 are read as Latin-1
+
+
+def _not_utf8(path, raw: bytes, err: UnicodeDecodeError, offset: int = 0, line: int | None = None, hint: str = ""):
+    from .errors import UserError
+
+    start = offset + err.start
+    if line is None:
+        line = raw.count(b"\n", 0, err.start) + 1
+    return UserError(f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {start}); "
+                     f"re-save the file as UTF-8{hint}")
+
+
+def _read_bytes(path: str | os.PathLike, what: str) -> bytes:
+    from .errors import UserError
+
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: {what} is a folder, not a file") from None
+    except (OSError, ValueError) as e:  # permissions, a name too long for the file system, ...
+        raise UserError(f"{path}: {what} cannot be read ({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file", encoding: str = "utf-8", hint: str = "") -> str:
+    """The whole text of ``path``: UTF-8 (a byte-order mark is dropped), or one ``UserError``
+    ``FILE: line N: not valid UTF-8 ...``; a missing or unreadable file is a ``UserError`` naming
+    ``what``. ``encoding="utf-8-or-latin-1"`` (formats that allow it, e.g. word-vector files) reads
+    each line that is not UTF-8 as Latin-1 instead. Every reader of a text format calls this (or
+    ``iter_lines`` for files too large to hold). ``hint`` ends the not-UTF-8 message (the option to set)."""
+    raw = _read_bytes(path, what)
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if encoding == "utf-8":
+            raise _not_utf8(path, raw, e, hint=hint) from None
+    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+    return "".join(_decode_line(line, encoding)[0] for line in raw.splitlines(keepends=True))
+
+
+def _decode_line(line: bytes, encoding: str) -> tuple[str, bool]:
+    """(text, whether it was read as Latin-1)."""
+    try:
+        return line.decode("utf-8"), False
+    except UnicodeDecodeError:
+        if encoding == "utf-8":
+            raise
+        return line.decode("latin-1"), True
+
+
+def iter_lines(path: str | os.PathLike, what: str = "file", encoding: str = "utf-8", stats: dict | None = None,
+               hint: str = ""):
+    """``(line number, text without the newline)`` of a text file, streamed (word-vector files run
+    to gigabytes); decoding as ``read_text``. ``stats["latin1_lines"]`` counts lines read as Latin-1."""
+    from .errors import UserError
+
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: {what} is a folder, not a file") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: {what} cannot be read ({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
+    with f:
+        offset = 0
+        for n, line in enumerate(f, 1):
+            if n == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line, offset = line[3:], 3
+            try:
+                text, latin1 = _decode_line(line, encoding)
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, line, e, offset, n, hint) from None
+            if latin1 and stats is not None:
+                stats["latin1_lines"] = stats.get("latin1_lines", 0) + 1
+            offset += len(line)
+            yield n, text.rstrip("\r\n")
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -80,12 +167,11 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     from .errors import UserError
 
+    text = read_text(path)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a readable JSON file ({type(e).__name__}: {str(e)[:200]})") from None
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno}: not a readable JSON file ({e.msg})") from None
 
 
 def save_tensors(tensors: Mapping[str, "torch.Tensor"], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:

@@ -63,8 +63,31 @@ def _drop(path: str):
     return change
 
 
-def _raw(text: str):
-    return text  # the config file's text as is
+def _raw(text: str | bytes):
+    return text  # the config file's text (or bytes) as is
+
+
+def _dynsan(section: str, **values):
+    """A DynSAN section with the given values; no DynSAN task runs (the section is checked all the same)."""
+    def change(cfg: dict, wd: Path) -> None:
+        cfg.setdefault("dynsan", {}).setdefault(section, {}).update(values)
+    return change
+
+
+def _stage_only_model(cfg: dict, wd: Path) -> None:
+    """A model named only in kpt.models (not in the experiment grid), whose folder is missing."""
+    cfg["models"]["local-bert"] = {"source": "./models/local-bert"}
+    cfg["kpt"] = {"models": ["local-bert"], "tasks": {"movies": {"knowledge_bases": ["near"]}},
+                  "knowledge_bases": {"near": {"source": "embedding"}}}
+
+
+def _kb_file(content: bytes):
+    """KPT on the tiny grid with a word-list file (read at start) holding ``content``."""
+    def change(cfg: dict, wd: Path) -> None:
+        (wd / "kb.txt").write_bytes(content)
+        cfg["kpt"] = {"models": ["tiny-bert"], "tasks": {"movies": {"knowledge_bases": ["words"]}},
+                      "knowledge_bases": {"words": {"source": "file", "path": "kb.txt"}}}
+    return change
 
 
 # (case, change to the tiny config or raw config text, fragments the message must contain)
@@ -92,6 +115,18 @@ AT_START = [
     ("negative learning rate", _set("prompt_tuning.lr", -0.1), ["prompt_tuning.lr", "-0.1"]),
     ("unknown device", _set("models.tiny-bert.device", "tpu"), ["models.tiny-bert.device", "'tpu'"]),
     ("GPU type with a space", _set("models.tiny-bert.gpu_model", "a100 80gb"), ["models.tiny-bert.gpu_model"]),
+    # issue 21: sections only one step reads, the readers, a stage-only model
+    ("DynSAN even conv kernel", _dynsan("model", conv_kernel=4),
+     ["key 'dynsan.model'", "conv_kernel must be odd", "got 4"]),
+    ("DynSAN width not a multiple of heads", _dynsan("model", d=30, heads=4), ["key 'dynsan.model'", "d (30)", "heads (4)"]),
+    ("DynSAN sweep width not a multiple of heads", _dynsan("efficiency", d=30, heads=4),
+     ["key 'dynsan.efficiency'", "d (30) must be a multiple of heads (4)"]),
+    ("model only in kpt.models, missing", _stage_only_model,
+     ["models.local-bert.source", "./models/local-bert", "does not exist", "used by kpt.models"]),
+    ("config file not UTF-8", _raw(b"threads: 1\n# caf\xe9\n"), ["config.yaml: line 2: not valid UTF-8"]),
+    ("word-list line of separators only", _kb_file(b"bad,awful\n , ;\n"),
+     ["kb.txt: line 2: no word, only separators"]),
+    ("word-list file not UTF-8", _kb_file(b"bad,awful\ngood,caf\xe9\n"), ["kb.txt: line 2: not valid UTF-8"]),
 ]
 
 
@@ -104,7 +139,9 @@ def _snakemake(wd: Path, *args: str, timeout: int = 600) -> tuple[int, str]:
 
 def _start_case(wd: Path, change) -> tuple[int, str]:
     wd.mkdir(parents=True)
-    if isinstance(change, str):
+    if isinstance(change, bytes):
+        (wd / "config.yaml").write_bytes(change)
+    elif isinstance(change, str):
         (wd / "config.yaml").write_text(change)
     else:
         cfg = copy.deepcopy(BASE)
@@ -212,3 +249,107 @@ def test_bad_data_and_settings_stop_their_job_at_its_start(tmp_path):
         if rule == "train_prompt":  # refused at the start or at the first steps, not after training
             assert "step 2/4" not in text and "step 4/4" not in text, (case, text[-800:])
     assert not problems, "\n\n".join(problems)
+
+
+# --- issue 21: DynSAN files only its data job reads, and settings that are valid but mean less -------------
+
+def _jsonl(rows: list[dict]) -> bytes:
+    import json
+
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+_QA = {"question": "where was anna born?", "passages": ["anna was born in paris ."], "answers": ["paris"]}
+# (case, task, file written under data/ (None: a demo task), fragments of the job's one error line)
+DYNSAN_IN_JOBS = [
+    ("word vectors not UTF-8", "vectors", None,
+     ["data/w.vec: line 3: not valid UTF-8", "dynsan.embeddings.encoding: utf-8-or-latin-1"]),
+    ("an answers field in another layout", "answer_object",
+     _jsonl([dict(_QA, id="q1"), dict(_QA, id="q2", answers={"paris": 1})]),
+     ["answer_object.jsonl: record 1 (id q2): field 'answers' must be a string or a list of strings", "got object"]),
+    ("the same id twice in a split", "duplicate_id",
+     _jsonl([dict(_QA, id="q1", split="train"), dict(_QA, id="q2", split="train"), dict(_QA, id="q1", split="train")]),
+     ["duplicate_id.jsonl: record 2 (id q1): the id is also record 0's (split 'train')", "unique within a split"]),
+]
+
+
+def _dynsan_config() -> dict:
+    cfg = copy.deepcopy(BASE)
+    cfg["dynsan"] = {"run": {"tasks": [c[1] for c in DYNSAN_IN_JOBS], "variants": ["dynsan"]},
+                     "embeddings": {"source": "data/w.vec"},
+                     "limits": {"passages": 4, "passage_tokens": 16, "total_tokens": 64},
+                     "model": {"d": 8, "heads": 2, "k": 4, "blocks": 1, "char_dim": 3, "char_channels": 4},
+                     "efficiency": {"lengths": [16], "k": 4, "d": 8, "heads": 2, "blocks": 1, "steps": 1},
+                     "tasks": {task: {"source": {"demo": "bridge", "size": 20} if content is None else
+                                      {"path": f"data/{task}.jsonl"}} for _, task, content, _ in DYNSAN_IN_JOBS}}
+    return cfg
+
+
+def test_bad_dynsan_files_stop_their_data_job(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "w.vec").write_bytes(b"2 2\nparis 1 0\ncaf\xe9 0 1\n")  # a Latin-1 word, as in real files
+    for _, task, content, _ in DYNSAN_IN_JOBS:
+        if content is not None:
+            (tmp_path / "data" / f"{task}.jsonl").write_bytes(content)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_dynsan_config()))
+    targets = [f"results/dynsan/data/{task}/tokens.parquet" for _, task, _, _ in DYNSAN_IN_JOBS]
+    rc, out = _snakemake(tmp_path, "--cores", "2", "--keep-going", *targets)
+    assert rc != 0 and "Traceback" not in out, out[-3000:]
+    problems = []
+    for case, task, _, fragments in DYNSAN_IN_JOBS:
+        log = tmp_path / f"logs/dynsan_prepare/{task}.log"
+        text = log.read_text() if log.exists() else ""
+        lines = [line for line in text.splitlines() if line.startswith("error: ")]
+        missing = [f for f in fragments if f not in text]
+        written = [p.name for p in (tmp_path / f"results/dynsan/data/{task}").glob("*")]
+        if len(lines) != 1 or missing or written or "Traceback" in text:
+            problems.append(f"{case}: error lines {lines}, missing {missing}, written {written}\n{text[-800:]}")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_variant_equal_to_full_attention_is_warned_at_start(tmp_path):
+    """k >= the tokens a question keeps: the gated variant is full attention. Valid, so planned, but said."""
+    cfg = _dynsan_config()
+    cfg["dynsan"]["run"]["tasks"] = ["vectors"]
+    cfg["dynsan"]["embeddings"] = {"source": "embedded:minilm-l6"}
+    cfg["dynsan"]["model"]["k"] = 64
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rc, out = _snakemake(tmp_path, "-n", "dynsan")
+    assert rc == 0 and "Traceback" not in out, out[-3000:]
+    assert ("warning: config: key 'dynsan.variants.dynsan' (task 'vectors'): k 64 >= the 64 tokens a question keeps"
+            in out and "the same model as selection 'all'" in out), out[-3000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_counts_reach_the_tables_and_the_console(tmp_path):
+    """Issue 21, class 4: dropped, truncated and cross-split duplicated DynSAN records and a KPT k-shot
+    shortfall are columns of the stages' tables and 'note:' lines of the run's console output."""
+    qa = [dict(_QA, id=f"q{i}") for i in range(8)]
+    files = {"train": qa[:6] + [dict(_QA, id="lost", answers=["tokyo"])],  # no span for tokyo: dropped
+             "dev": [dict(r, id=f"d{i}") for i, r in enumerate(qa[:3])],
+             "test": [dict(_QA, id="q0")] + [dict(r, id=f"t{i}", passages=["anna was born in paris ."] * 6)
+                                             for i, r in enumerate(qa[:3])]}  # q0 is in train too; 6 passages > 4
+    (tmp_path / "data").mkdir()
+    for split, rows in files.items():
+        (tmp_path / "data" / f"{split}.jsonl").write_bytes(_jsonl(rows))
+    cfg = _dynsan_config()
+    cfg["dynsan"]["run"] = {"tasks": ["mine"], "variants": ["dynsan"]}
+    cfg["dynsan"]["embeddings"] = {"source": "embedded:minilm-l6"}
+    cfg["dynsan"]["train"] = {"steps": 2, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "warmup_steps": 1}
+    cfg["dynsan"]["tasks"] = {"mine": {"source": {"path": {s: f"data/{s}.jsonl" for s in files}}}}
+    cfg["kpt"] = {"models": ["tiny-bert"], "shots": [40], "modes": ["prompt"], "variants": ["manual"],
+                  "settings": {"support_size": 8}, "prompt_tuning": {"steps": 1, "eval_every": 1},
+                  "tasks": {"movies": {"knowledge_bases": ["near"]}},
+                  "knowledge_bases": {"near": {"source": "embedding"}}}  # 60 reviews: fewer than 40 per class
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rc, out = _snakemake(tmp_path, "--cores", "2", "dynsan", "kpt")
+    assert rc == 0, out[-3000:]
+    dyn = pd.read_parquet(tmp_path / "results/tables/dynsan.parquet")
+    mine = dyn[dyn["task"] == "mine"].iloc[0]
+    assert (mine["dropped"], mine["truncated"], mine["duplicates"], mine["latin1_lines"]) == (1, 3, 1, 0)
+    kpt = pd.read_parquet(tmp_path / "results/tables/kpt.parquet")
+    assert (kpt["k_shot_shortfall"] > 0).all()
+    assert ("note: dynsan.parquet: task mine: 1 training questions dropped (no answer span in the kept passages); "
+            "3 questions cut to dynsan.limits; 1 ids in more than one split") in out, out[-3000:]
+    assert f"note: kpt.parquet: model tiny-bert, task movies, knowledge_base near, shots 40, mode prompt, seed 1: " \
+           f"{int(kpt['k_shot_shortfall'].iloc[0])} examples short of k per class" in out, out[-3000:]

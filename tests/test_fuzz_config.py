@@ -305,3 +305,131 @@ def test_template_problems(template, fields, fragment):
 def test_finite_walk_names_the_path_in_any_section():
     with pytest.raises(UserError, match=r"key 'kpt\.weights\.1': nan is not a finite number"):
         config_mod.check_plain_values({"kpt": {"weights": [1.0, math.nan]}})
+
+
+# --- the KPT and DynSAN sections (issue 21): what only one stage reads ---------------------------------
+# Mutations aimed at these sections' settings (present in config.yaml or not: every network key), and
+# a preflight that builds what their jobs build: the DynSAN network of every planned (task, variant)
+# with one forward pass through it on the shapes the limits allow, the efficiency sweep's block stack,
+# KPT's settings and optimizer numbers. Property: refused naming a 'dynsan.'/'kpt.' key at start, or
+# the jobs' networks run. (A wrong shape used to pass validation and end in a RuntimeError traceback.)
+
+from pipeline_steps.dynsan.config import ModelConfig as _DynModel  # noqa: E402
+
+_DYN_KEYS = [("dynsan", "model", f) for f in _DynModel.__dataclass_fields__] + \
+    [("dynsan", "efficiency", f) for f in ("k", "d", "heads", "blocks")] + \
+    [("dynsan", "limits", f) for f in ("passages", "passage_tokens", "total_tokens", "question_tokens")] + \
+    [("dynsan", "variants", v, f) for v in ("dynsan", "random_k", "k16") for f in ("k", "passages", "selection", "gate")] + \
+    [("dynsan", "train", f) for f in ("steps", "batch_size", "lr", "ema_decay", "beta", "max_answer_length")]
+# the settings (numbers, switches) of these sections; their structure (names, sources, lists) is the
+# general property's ground above, which walks every section of config.yaml
+SECTION_PATHS = sorted(set(_DYN_KEYS) | {p for p in NUMBER_PATHS if p[0] in ("kpt", "dynsan")}, key=str)
+SHAPES = st.one_of(st.integers(-2, 70), st.sampled_from([0, 1, 2, 3, 4, 6, 7, 8, 16, 32, 33, 64, 96, 128, 256, 400, 10**6,
+                                                         2**40, 0.5, float("nan"), True, "gated", "all", "x", None]))
+
+
+# the keys that decide tensor shapes get half the draws
+SHAPE_PATHS = [p for p in _DYN_KEYS if p[1] in ("model", "efficiency", "limits") and p[-1] in (
+    "d", "heads", "k", "blocks", "conv_kernel", "char_kernel", "char_dim", "char_channels", "max_chars", "max_passages",
+    "passages", "passage_tokens", "total_tokens")]
+PLAUSIBLE = {"d": st.sampled_from([8, 16, 24, 32, 48, 64]), "heads": st.sampled_from([1, 2, 4, 8]),
+             "k": st.integers(1, 600), "conv_kernel": st.integers(1, 15), "char_kernel": st.integers(1, 15),
+             "blocks": st.integers(1, 2), "char_channels": st.integers(1, 64), "char_dim": st.integers(1, 32),
+             "candidate_frac": st.floats(0, 0.99), "ema_decay": st.floats(0, 0.999), "lr": st.floats(1e-5, 1.0),
+             "selection": st.sampled_from(["gated", "random", "all"]), "gate": st.booleans(),
+             "total_tokens": st.integers(1, 2000), "dropout": st.floats(0, 0.9)}
+
+
+@st.composite
+def section_mutations(draw) -> Mutation:
+    path = draw(st.sampled_from(SECTION_PATHS))
+    plausible = PLAUSIBLE.get(path[-1], st.integers(1, 48))  # half the values fit, so the networks get built
+    return Mutation("put", path, draw(st.one_of(plausible, plausible, SHAPES, ODD)))
+
+
+@st.composite
+def shape_mutations(draw) -> Mutation:
+    """A value that passes the schema for a key that decides tensor shapes: what the shape rules are for."""
+    path = draw(st.sampled_from(SHAPE_PATHS))
+    return Mutation("put", path, draw(PLAUSIBLE.get(path[-1], st.integers(1, 48))))
+
+
+def put(cfg: dict, m: Mutation) -> None:
+    """Set ``m.path`` to ``m.value``, creating the mappings on the way (keys absent from config.yaml)."""
+    node = cfg
+    for key in m.path[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(key, {})
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            return
+    if isinstance(node, dict):
+        node[m.path[-1]] = copy.deepcopy(m.value)
+    elif isinstance(node, list) and isinstance(m.path[-1], int) and m.path[-1] < len(node):
+        node[m.path[-1]] = copy.deepcopy(m.value)
+
+
+def section_preflight(cfg: dict) -> str:
+    """Build and run what the DynSAN and KPT jobs build; returns what was run (for the statistics)."""
+    import torch
+
+    from pipeline_steps.config import dynsan_settings
+    from pipeline_steps.dynsan.config import ModelConfig, TrainConfig
+    from pipeline_steps.dynsan.model import DynSABlock, DynSAN
+    from pipeline_steps.kpt.config import KPTConfig
+
+    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than the work (the jobs run with threads: 1)
+    for task, entry in cfg["kpt"]["tasks"].items():
+        k = KPTConfig.from_dict({**cfg["kpt"]["settings"], **(entry.get("settings") or {})})
+        optimizer_step(k.weight_lr, 0.0, 1.0)
+        optimizer_step(k.model_lr, 0.0, 1.0)
+    sec = cfg["dynsan"]
+    built = "settings only"
+    for task in sec["run"]["tasks"]:
+        limits = dict(sec["limits"], **(sec["tasks"][task].get("limits") or {}))
+        for variant in sec["run"]["variants"]:
+            m, t, passages = dynsan_settings(cfg, task, variant)
+            mc, tc = ModelConfig.from_dict(m), TrainConfig.from_dict(t)
+            optimizer_step(tc.lr, 0.0, tc.grad_clip)
+            if mc.d > 64 or mc.blocks > 2 or mc.char_channels * mc.char_kernel > 1024 or mc.char_dim > 64:
+                continue  # too large to build per example in the ci time; its settings passed the same checks
+            torch.manual_seed(0)
+            n_p, lp, lq = min(passages, limits["passages"], 3), min(limits["passage_tokens"], 24), min(limits["question_tokens"], 6)
+            net = DynSAN(mc, torch.randn(12, 5), torch.randint(0, 6, (12, mc.max_chars)), 6,
+                         sec["tasks"][task]["kind"]).eval()
+            with torch.no_grad():
+                start, _ = net(torch.randint(2, 12, (1, lq)), torch.ones(1, lq, dtype=torch.bool),
+                               torch.randint(2, 12, (1, n_p, lp)), torch.ones(1, n_p, lp, dtype=torch.bool))
+            assert start.shape == (1, n_p * lp)
+            built = "network run"
+    eff = sec["efficiency"]
+    if sec["run"]["tasks"] and eff["d"] <= 64 and eff["blocks"] <= 4:
+        length = min(min(eff["lengths"]), 96)
+        for selection in eff["variants"]:
+            blk = DynSABlock(ModelConfig(d=eff["d"], heads=eff["heads"], k=eff["k"], dropout=0.0, selection=selection))
+            with torch.no_grad():
+                blk(torch.randn(1, length, eff["d"]), torch.ones(1, length, dtype=torch.bool))
+    return built
+
+
+def test_demo_sections_pass_their_preflight():
+    assert section_preflight(load_config(copy.deepcopy(BASE))) == "network run"
+
+
+@given(st.lists(shape_mutations(), min_size=1, max_size=3), st.lists(section_mutations(), max_size=2))
+def test_fuzzed_kpt_and_dynsan_sections_refused_at_start_or_their_networks_run(tmp_path_factory, shapes, muts):
+    cfg = copy.deepcopy(BASE)
+    for m in shapes + muts:
+        put(cfg, m)
+    path = tmp_path_factory.getbasetemp() / "fuzz-sections.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    try:
+        loaded = load_config(path)
+    except UserError as e:
+        msg = str(e)
+        note(msg)
+        assert msg.startswith(f"{path}: key '") and "\n" not in msg and len(msg) < 700, msg
+        event("refused: " + msg[len(str(path)) + 7:].split("'")[0].split(".")[0])
+        return
+    event("accepted, " + section_preflight(loaded))  # any exception here is a shape the start-up check missed

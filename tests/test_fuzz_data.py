@@ -13,6 +13,7 @@ is left on failure. No other exception escapes.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 
@@ -170,3 +171,184 @@ def test_bom_and_missing_label_rows(base_spec, tmp_path, content, fragment):
     else:
         with pytest.raises(UserError, match=fragment):
             prepare.prepare_task(spec)
+
+
+# --- the KPT and DynSAN files (issue 21) ----------------------------------------------------------------
+# Knowledge-base word lists, DynSAN records (JSONL, the qangaroo JSON list, MRQA) and word-vector files,
+# built from valid pieces and odd ones (other JSON types, SQuAD layouts, duplicate ids, separators,
+# bytes that are not UTF-8, BOMs, NaN). Property: the reader returns what its callers rely on, or
+# raises one UserError line that starts with the file's path. Nothing else escapes.
+
+from pipeline_steps.dynsan import data as dyn_data  # noqa: E402
+from pipeline_steps.kpt.config import read_kb_file  # noqa: E402
+
+KB_CLASSES = ["negative", "positive", "neutral"]
+KB_WORDS = st.one_of(st.sampled_from(["good", "bad", " fine ", "so-so", "très bien", "great", "awful", "ok"]),
+                     st.sampled_from(["", " ", ",", ";", "|", "\t", "a,b", "x" * 300, "\u6f22\u5b57", "#", "null"]),
+                     st.text(max_size=8))
+BAD_BYTES = [b"", b"\xe9", b"\xff\xfe", b"\xef\xbb\xbf", b"\x00", b"\r", b"\xc3"]
+
+
+def _with_bytes(text: str, draw) -> bytes:
+    """The text as UTF-8, sometimes with odd bytes spliced in at a line start or end."""
+    raw = text.encode("utf-8")
+    if draw(st.integers(0, 3)) == 0:
+        lines = raw.split(b"\n")
+        i = draw(st.integers(0, max(len(lines) - 1, 0)))
+        lines[i] = draw(st.sampled_from(BAD_BYTES)) + lines[i] + draw(st.sampled_from(BAD_BYTES))
+        raw = b"\n".join(lines)
+    return raw
+
+
+@st.composite
+def kb_files(draw) -> tuple[str, bytes]:
+    if draw(st.booleans()):  # text: one line of comma-separated words per class
+        n = draw(st.sampled_from([3, 3, 3, 3, 2, 4, 0]))
+        lines = [",".join(draw(st.lists(KB_WORDS, min_size=draw(st.sampled_from([1, 1, 0])), max_size=4)))
+                 for _ in range(n)]
+        return ".txt", _with_bytes("\n".join(lines) + draw(st.sampled_from(["", "\n", "\n\n"])), draw)
+    names = KB_CLASSES if draw(st.booleans()) else draw(st.lists(st.sampled_from(KB_CLASSES + ["other"]), unique=True,
+                                                                  max_size=4))
+    obj = {c: draw(st.one_of(st.lists(KB_WORDS, min_size=1, max_size=4), st.lists(KB_WORDS, max_size=4), KB_WORDS,
+                             st.sampled_from([None, 1, {"w": 1}, [["x"]]]))) for c in names}
+    top = draw(st.sampled_from(["obj", "obj", "obj", "list", "broken"]))
+    text = json.dumps(obj) if top == "obj" else json.dumps(list(obj)) if top == "list" else json.dumps(obj)[:-1]
+    return ".json", _with_bytes(text, draw)
+
+
+@given(kb_files())
+def test_fuzzed_kb_file_gives_words_per_class_or_one_error_line(tmp_path_factory, case):
+    suffix, raw = case
+    path = tmp_path_factory.mktemp("kb") / f"kb{suffix}"
+    path.write_bytes(raw)
+    try:
+        words = read_kb_file(path, KB_CLASSES)
+    except UserError as e:
+        msg = str(e)
+        note(msg)
+        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
+        event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:24])
+        return
+    assert list(words) == KB_CLASSES
+    for ws in words.values():  # every class has words, none blank or made of separators only
+        assert ws and all(isinstance(w, str) and w.strip() and w.strip(" ,;|\t") for w in ws), words
+    event("accepted")
+
+
+RECORD_VALUES = st.one_of(
+    st.sampled_from(["anna", "", " ", None, 0, 1.5, True, [], ["anna"], ["anna", 3], [[]], {}, {"x": 1},
+                     {"text": ["anna"], "answer_start": [0]}, {"text": "anna"}, {"text": [1]},
+                     [{"text": "anna", "answer_start": 0}], [{"text": 2}], ["", " "], ["p one", ""], "train", "TEST",
+                     "holdout", "q1"]),
+    st.text(max_size=6))
+FIELDS = ["id", "question", "passages", "answers", "split", "candidates", "answer"]
+
+
+def _record(i: int, kind: str) -> dict:
+    rec = {"id": f"q{i}", "question": f"where was anna {i} born?", "passages": ["anna was born in paris .", "lima"],
+           "answers": ["paris"], "split": ["train", "dev", "test"][i % 3]}
+    if kind == "candidates":
+        rec.update(candidates=["paris", "lima"], answer="paris")
+    return rec
+
+
+@st.composite
+def dynsan_files(draw) -> tuple[str, str, bytes]:
+    kind = draw(st.sampled_from(["span", "candidates"]))
+    recs = [_record(i, kind) for i in range(draw(st.sampled_from([6, 6, 2, 1])))]
+    for _ in range(draw(st.integers(0, 3))):
+        what = draw(st.sampled_from(["field", "field", "drop", "dup_id", "not_object"]))
+        i = draw(st.integers(0, len(recs) - 1))
+        if not isinstance(recs[i], dict) or not isinstance(recs[0], dict):
+            continue
+        if what == "field":
+            recs[i][draw(st.sampled_from(FIELDS))] = draw(RECORD_VALUES)
+        elif what == "drop":
+            recs[i].pop(draw(st.sampled_from(FIELDS)), None)
+        elif what == "dup_id":
+            recs[i]["id"] = recs[0].get("id", "q0")
+        else:
+            recs[i] = draw(st.sampled_from([[1], "text", 3, None]))
+    layout = draw(st.sampled_from(["jsonl", "jsonl", "qangaroo", "mrqa"]))
+    if layout == "qangaroo":
+        kind = "candidates"
+        text = json.dumps([{"id": r.get("id"), "query": r.get("question"), "supports": r.get("passages"),
+                            "candidates": r.get("candidates", ["paris"]), "answer": r.get("answer", "paris")}
+                           if isinstance(r, dict) else r for r in recs])
+        return kind, ".json", _with_bytes(text, draw)
+    if layout == "mrqa":
+        kind = "span"
+        lines = [{"header": {"dataset": "x"}}] + [
+            {"context": " [PAR] ".join(r["passages"]) if isinstance(r, dict) and isinstance(r.get("passages"), list)
+             and all(isinstance(p, str) for p in r["passages"]) else (r.get("passages") if isinstance(r, dict) else r),
+             "qas": [{"qid": r.get("id"), "question": r.get("question"), "answers": r.get("answers")}]
+             if isinstance(r, dict) else r} for r in recs]
+        return kind, ".jsonl", _with_bytes("".join(json.dumps(x) + "\n" for x in lines), draw)
+    return kind, ".jsonl", _with_bytes("".join(json.dumps(r) + "\n" for r in recs), draw)
+
+
+@given(dynsan_files())
+def test_fuzzed_dynsan_records_are_valid_or_one_error_line(tmp_path_factory, case):
+    kind, suffix, raw = case
+    path = tmp_path_factory.mktemp("dyn") / f"d{suffix}"
+    path.write_bytes(raw)
+    try:
+        recs, _ = dyn_data.load_records({"name": "t", "kind": kind, "source": {"path": str(path)}})
+    except UserError as e:
+        msg = str(e)
+        note(msg)
+        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
+        event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:32])
+        return
+    seen = set()
+    for r in recs:  # what tokenise_task relies on
+        assert isinstance(r["question"], str) and r["question"].strip()
+        assert r["passages"] and all(isinstance(p, str) and p.strip() for p in r["passages"])
+        assert r["answers"] and all(isinstance(a, str) and a.strip() for a in r["answers"])
+        assert r["split"] in (None, "train", "dev", "test")
+        if kind == "candidates":
+            assert r["answer"] in r["candidates"] and all(isinstance(c, str) for c in r["candidates"])
+        if r["has_id"]:
+            assert (r["split"], r["id"]) not in seen, "a duplicate id within a split was kept"
+            seen.add((r["split"], r["id"]))
+    event("accepted")
+
+
+NUMS = st.one_of(st.floats(-3, 3).map(lambda x: f"{x:.3f}"), st.sampled_from(["nan", "inf", "-inf", "1e400", "x", "",
+                                                                            "0x1", "1,5", "--1"]))
+
+
+@st.composite
+def vector_files(draw) -> bytes:
+    dim = draw(st.integers(1, 4))
+    lines = []
+    if draw(st.booleans()):
+        lines.append(draw(st.sampled_from([f"5 {dim}", "5", "a b", f"{dim} 5 1"])))
+    for i in range(draw(st.integers(0, 6))):
+        word = draw(st.sampled_from(["paris", "Paris", "lima", "caf\u00e9", "w" * 200, "\u6f22", "", "paris"]))
+        numbers = [f"{draw(st.floats(-1, 1)):.3f}" for _ in range(dim)]
+        if draw(st.integers(0, 4)) == 0:
+            numbers[draw(st.integers(0, dim - 1))] = draw(NUMS)
+        if draw(st.integers(0, 5)) == 0:
+            numbers = numbers[:-1] if draw(st.booleans()) else numbers + ["0.1"]
+        lines.append(" ".join([word] + numbers) + draw(st.sampled_from(["", " ", "\r"])))
+    return _with_bytes("\n".join(lines) + "\n", draw)
+
+
+@given(vector_files(), st.sampled_from(["utf-8", "utf-8-or-latin-1"]), st.sampled_from([None, 2]))
+def test_fuzzed_word_vectors_give_a_finite_table_or_one_error_line(tmp_path_factory, raw, encoding, max_words):
+    import torch
+
+    path = tmp_path_factory.mktemp("vec") / "w.vec"
+    path.write_bytes(raw)
+    try:
+        wv = dyn_data.WordVectors(str(path), max_words=max_words, encoding=encoding)
+    except UserError as e:
+        msg = str(e)
+        note(msg)
+        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
+        event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:28])
+        return
+    assert wv.table.shape[0] == len(wv.vocab) and bool(torch.isfinite(wv.table).all())
+    assert max_words is None or len(wv.vocab) <= max_words + 2
+    event("accepted")

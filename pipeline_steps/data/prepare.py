@@ -6,6 +6,7 @@ Output schema (one file per task): ``idx`` (int64, row number in the source),
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from ..config import _shown as shown
 from ..errors import UserError
-from ..io import stable_hash, write_parquet
+from ..io import read_text, stable_hash, write_parquet
 from . import demo
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,16 @@ def read_local(path: str, fmt: str | None = None) -> pd.DataFrame:
     if fmt is None:
         raise UserError(f"{path}: cannot tell the format from the extension '{p.suffix}'; "
                         f"set source.format to one of csv, tsv, jsonl, parquet")
+    # text formats through the one reader: UTF-8 (a byte-order mark of spreadsheet exports dropped) or
+    # 'FILE: line N: not valid UTF-8'
+    text = read_text(p, "data file") if fmt != "parquet" else None
     try:
         if fmt in ("csv", "tsv"):
-            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
-            df = pd.read_csv(p, sep="," if fmt == "csv" else "\t", encoding="utf-8-sig", encoding_errors="strict",
-                             keep_default_na=False, dtype=str)
+            df = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", keep_default_na=False, dtype=str)
         elif fmt == "jsonl":
-            df = pd.read_json(p, lines=True, encoding="utf-8-sig", dtype=False)
+            df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
         else:
             df = pd.read_parquet(p)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 text (byte {e.start}: {e.reason}); re-save the file as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty") from None
     except Exception as e:  # the readers' own errors (pandas, pyarrow, json) all mean: not this format

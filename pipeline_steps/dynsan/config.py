@@ -51,6 +51,9 @@ class ModelConfig(Settings):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.conv_kernel % 2 == 0:  # padding kernel // 2 keeps the length (the residual's shape) only if odd
+            raise ValueError(f"conv_kernel must be odd (an even kernel changes the sequence length and breaks "
+                             f"the residual connection), got {self.conv_kernel}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pandas as pd
 
 from ..data.prepare import hub_splits
 from ..errors import UserError
+from ..io import iter_lines, read_text
 from .metrics import normalize_answer
 
 log = logging.getLogger(__name__)
@@ -41,45 +43,116 @@ def _bad(origin: str, where, field: str, problem: str) -> UserError:
     return UserError(f"{origin}: record {where}: field '{field}' {problem}")
 
 
+def _one_line(value, limit: int = 60) -> str:
+    """A value quoted in a message: newlines and other control characters escaped, long values cut."""
+    text = repr(str(value))[1:-1]
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def json_type(value) -> str:
+    """The JSON name of a value's type (the words a user sees in the file)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _strings(value, origin: str, where, field: str, what: str = "a list of strings") -> list[str]:
+    """``value`` as a list of strings: a list (or array) whose items are all strings, else refused
+    naming the field and what it holds (a mapping is never iterated as its keys)."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise _bad(origin, where, field, f"must be {what}, got {json_type(value)}")
+    value = list(value)
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise _bad(origin, where, field, f"must be {what}, got an array with {json_type(v)} at [{i}]")
+    return value
+
+
+def _answer_texts(answers, origin: str, where) -> list[str]:
+    """The answer strings of the layouts in use: a string, a list of strings, SQuAD's column layout
+    ``{"text": [...], "answer_start": [...]}`` (Hugging Face datasets) and SQuAD's JSON layout
+    ``[{"text": ..., "answer_start": ...}, ...]``; anything else is refused by name."""
+    what = ("a string or a list of strings (or SQuAD's {\"text\": [...], \"answer_start\": [...]} or "
+            "[{\"text\": ...}, ...])")
+    if isinstance(answers, str):
+        return [answers]
+    if isinstance(answers, dict):
+        if "text" not in answers:
+            raise _bad(origin, where, "answers", f"must be {what}, got object with keys {sorted(answers)[:6]}")
+        text = answers["text"]
+        return [text] if isinstance(text, str) else _strings(text, origin, where, "answers.text")
+    if isinstance(answers, (list, tuple, np.ndarray)) and len(answers) and all(isinstance(a, dict) for a in answers):
+        out = []
+        for i, a in enumerate(answers):
+            if not isinstance(a.get("text"), str):
+                raise _bad(origin, where, f"answers[{i}].text", f"must be a string, got {json_type(a.get('text'))}")
+            out.append(a["text"])
+        return out
+    if not isinstance(answers, (list, tuple, np.ndarray)):
+        raise _bad(origin, where, "answers", f"must be {what}, got {json_type(answers)}")
+    return _strings(answers, origin, where, "answers", what)
+
+
 def check_record(rec: dict, origin: str, where, kind: str) -> dict:
-    """Validate one normalised record; the message names the file, the record and the field."""
+    """Validate one normalised record, each field's JSON type included; the message names the file,
+    the record and the field (``record 7 (id q3): field 'answers' must be ..., got object``)."""
     for f in ("question", "passages") + (("candidates", "answer") if kind == "candidates" else ("answers",)):
         if f not in rec or rec[f] is None:
             raise _bad(origin, where, f, "is missing")
-    if not isinstance(rec["question"], str) or not rec["question"].strip():
+    if not isinstance(rec["question"], str):
+        raise _bad(origin, where, "question", f"must be a string, got {json_type(rec['question'])}")
+    if not rec["question"].strip():
         raise _bad(origin, where, "question", "must be a non-empty string")
-    passages = rec["passages"]
-    if isinstance(passages, (str, bytes)) or not hasattr(passages, "__iter__"):
-        raise _bad(origin, where, "passages", f"must be a list of strings, got {type(passages).__name__}")
-    passages = list(passages)
+    passages = _strings(rec["passages"], origin, where, "passages")
     if not passages:
         raise _bad(origin, where, "passages", "is empty")
     for i, p in enumerate(passages):
-        if not isinstance(p, str) or not p.strip():
-            raise _bad(origin, where, f"passages[{i}]", "is empty or not a string")
-    out = {"id": str(rec.get("id", where)), "question": rec["question"], "passages": passages,
-           "split": rec.get("split")}
+        if not p.strip():
+            raise _bad(origin, where, f"passages[{i}]", "is empty")
+    rid = rec.get("id")
+    if isinstance(rid, (float, np.floating)) and float(rid).is_integer():
+        rid = int(rid)
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int, np.integer))):
+        raise _bad(origin, where, "id", f"must be a string or an integer, got {json_type(rid)}")
+    split = rec.get("split")
+    if split is not None and not isinstance(split, str):
+        raise _bad(origin, where, "split", f"must be a string, got {json_type(split)}")
+    out = {"id": str(rid if rid is not None else where), "question": rec["question"], "passages": passages,
+           "split": split, "has_id": rid is not None}
     if kind == "candidates":
-        cands = rec["candidates"]
-        if isinstance(cands, str) or not hasattr(cands, "__iter__") or not all(isinstance(c, str) for c in cands):
-            raise _bad(origin, where, "candidates", "must be a list of strings")
+        cands = _strings(rec["candidates"], origin, where, "candidates")
         if not isinstance(rec["answer"], str):
-            raise _bad(origin, where, "answer", f"must be a string, got {type(rec['answer']).__name__}")
-        cands = list(cands)
+            raise _bad(origin, where, "answer", f"must be a string, got {json_type(rec['answer'])}")
         if rec["answer"] not in cands:
-            raise _bad(origin, where, "candidates", f"does not contain the answer '{rec['answer']}'")
+            raise _bad(origin, where, "candidates", f"does not contain the answer '{_one_line(rec['answer'])}'")
         out.update(candidates=cands, answer=rec["answer"], answers=[rec["answer"]])
     else:
-        answers = rec["answers"]
-        if isinstance(answers, str):
-            answers = [answers]
-        if not hasattr(answers, "__iter__") or not all(isinstance(a, str) for a in answers):
-            raise _bad(origin, where, "answers", "must be a string or a list of strings")
-        answers = [a for a in answers if a.strip()]
+        answers = [a for a in _answer_texts(rec["answers"], origin, where) if a.strip()]
         if not answers:
             raise _bad(origin, where, "answers", "has no non-empty answer")
         out["answers"] = answers
     return out
+
+
+def _plain(value):
+    """A Parquet cell as plain Python (arrays to lists, also inside structs: SQuAD's answers column)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _get(rec, path: str):
@@ -112,15 +185,20 @@ _MRQA_SPLIT = re.compile(r"\[DOC\]|\[PAR\]")
 _MRQA_TAGS = re.compile(r"\[(TLE|SEP|DOC|PAR)\]")
 
 
-def from_mrqa(lines: list[dict]) -> list[dict]:
+def from_mrqa(lines: list[dict], origin: str = "mrqa") -> list[dict]:
     recs = []
-    for line in lines:
+    for n, line in enumerate(lines, 1):
         if "header" in line:
             continue
-        ctx = line.get("context")
+        ctx, qas = line.get("context"), line.get("qas", [])
+        if ctx is not None and not isinstance(ctx, str):
+            raise UserError(f"{origin}: line {n}: field 'context' must be a string, got {json_type(ctx)}")
+        if not isinstance(qas, list) or not all(isinstance(qa, dict) for qa in qas):
+            raise UserError(f"{origin}: line {n}: field 'qas' must be a list of objects, got "
+                            f"{json_type(qas) if not isinstance(qas, list) else 'a list holding other values'}")
         passages = [_MRQA_TAGS.sub(" ", p).strip() for p in _MRQA_SPLIT.split(ctx or "")]
         passages = [" ".join(p.split()) for p in passages if p.strip()] if ctx is not None else None
-        for qa in line.get("qas", []):
+        for qa in qas:
             recs.append({"id": qa.get("qid"), "question": qa.get("question"), "passages": passages,
                          "answers": qa.get("answers")})
     return recs
@@ -130,16 +208,13 @@ def read_local(path: str, fmt: str | None = None) -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: data file not found")
-    try:
-        if p.suffix.lower() in (".parquet", ".pq"):
+    if p.suffix.lower() in (".parquet", ".pq"):
+        try:
             df = pd.read_parquet(p)
-            return [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
-                    for r in df.to_dict("records")]
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 text (byte {e.start})") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot be read: {e}") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot be read: {e}") from None
+        return [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
+    text = read_text(p, "data file")
     stripped = text.lstrip()
     if fmt == "qangaroo" or (fmt is None and stripped.startswith("[")):
         try:
@@ -165,7 +240,7 @@ def read_local(path: str, fmt: str | None = None) -> list[dict]:
     if not lines:
         raise UserError(f"{path}: the file has no records")
     if fmt == "mrqa" or (fmt is None and "header" in lines[0]):
-        return from_mrqa(lines)
+        return from_mrqa(lines, str(path))
     return lines
 
 
@@ -198,21 +273,40 @@ def load_records(spec: dict) -> tuple[list[dict], str]:
             for split, path in paths.items():
                 recs = read_local(path, src.get("format"))
                 raws.append((path, [dict(r, split=split) for r in recs]))
-    out = []
+    out, first_seen = [], {}
     for origin, recs in raws:
         for i, r in enumerate(recs):
-            where = f"{i}" + (f" (id {r['id']})" if isinstance(r, dict) and r.get("id") is not None else "")
+            rid = r.get("id") if isinstance(r, dict) else None
+            where = f"{i}" + (f" (id {_one_line(rid)})" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else "")
             if not isinstance(r, dict) or r.get("__bad"):
                 raise UserError(f"{origin}: record {i}: not a JSON object")
             rec = check_record(r, origin, where, kind)
             split = rec.get("split")
             if split is not None:
-                key = str(split).strip().lower()
+                key = split.strip().lower()
                 if key not in _SPLIT_ALIASES:
-                    raise _bad(origin, where, "split", f"'{split}' is not train, dev (validation) or test")
+                    raise _bad(origin, where, "split", f"'{_one_line(split)}' is not train, dev (validation) or test")
                 rec["split"] = _SPLIT_ALIASES[key]
+            if rec["has_id"]:  # a record without an id is named by its position: no duplicate possible
+                seen = first_seen.setdefault((rec["split"], rec["id"]), (origin, i))
+                if seen != (origin, i):
+                    place = f"split '{rec['split']}'" if rec["split"] else "the records without a split"
+                    raise UserError(f"{origin}: record {where}: the id is also record {seen[1]}'s"
+                                    f"{'' if seen[0] == origin else f' in {seen[0]}'} ({place}); ids must be unique "
+                                    f"within a split (a repeated question would count twice in training or scoring)")
             out.append(rec)
     return out, raws[0][0]
+
+
+def cross_split_duplicates(recs: list[dict]) -> int:
+    """Ids that occur in more than one split (after ``assign_splits``). Counted and warned, not refused:
+    per-split files often number their records from 0 each, so the same id in train and test is
+    not always the same question; a reader of the table sees the count (docs/robustness.md)."""
+    splits: dict[str, set] = {}
+    for r in recs:
+        if r.get("has_id", True):
+            splits.setdefault(r["id"], set()).add(r["split"])
+    return sum(1 for s in splits.values() if len(s) > 1)
 
 
 def assign_splits(recs: list[dict], spec: dict) -> list[dict]:
@@ -277,35 +371,39 @@ class WordVectors:
     """A word-vector file in the common text format (``word v1 v2 ...``; an optional ``count dim``
     first line, as fastText ``.vec``) with a word tokenizer; unknown words share one vector."""
 
-    def __init__(self, path: str, lowercase: bool = True, max_words: int | None = None):
+    def __init__(self, path: str, lowercase: bool = True, max_words: int | None = None, encoding: str = "utf-8"):
         import torch
 
         p = Path(path)
         if not p.exists():
             raise UserError(f"{path}: word-vector file not found")
         self.lowercase, self.vocab, rows, dim = lowercase, {"[PAD]": 0, "[UNK]": 1}, [], None
-        with p.open(encoding="utf-8", errors="strict") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.rstrip("\n").rstrip().split(" ")
-                if n == 1 and len(parts) == 2 and all(x.isdigit() for x in parts):
-                    continue
-                if len(parts) < 2:
-                    continue
-                try:
-                    vec = [float(x) for x in parts[1:]]
-                except ValueError:
-                    raise UserError(f"{path}: line {n}: not 'word number number ...'") from None
-                if dim is None:
-                    dim = len(vec)
-                elif len(vec) != dim:
-                    raise UserError(f"{path}: line {n}: {len(vec)} numbers, earlier lines have {dim}")
-                word = parts[0].lower() if lowercase else parts[0]
-                if word in self.vocab:
-                    continue
-                self.vocab[word] = len(self.vocab)
-                rows.append(vec)
-                if max_words and len(rows) >= max_words:
-                    break
+        self.latin1 = {}
+        # the one reader of text files: UTF-8 or a line-numbered refusal (Latin-1 lines on request)
+        for n, line in iter_lines(p, "word-vector file", encoding, self.latin1,
+                                  hint=", or set dynsan.embeddings.encoding: utf-8-or-latin-1 to read such lines as Latin-1"):
+            parts = line.rstrip().split(" ")
+            if n == 1 and len(parts) == 2 and all(x.isdigit() for x in parts):
+                continue
+            if len(parts) < 2:
+                continue
+            try:
+                vec = [float(x) for x in parts[1:]]
+            except ValueError:
+                raise UserError(f"{path}: line {n}: not 'word number number ...'") from None
+            if not all(math.isfinite(x) for x in vec):
+                raise UserError(f"{path}: line {n}: a vector holds a number that is not finite (nan or inf)")
+            if dim is None:
+                dim = len(vec)
+            elif len(vec) != dim:
+                raise UserError(f"{path}: line {n}: {len(vec)} numbers, earlier lines have {dim}")
+            word = parts[0].lower() if lowercase else parts[0]
+            if word in self.vocab:
+                continue
+            self.vocab[word] = len(self.vocab)
+            rows.append(vec)
+            if max_words and len(rows) >= max_words:
+                break
         if not rows:
             raise UserError(f"{path}: no word vectors found")
         self.table = torch.cat([torch.zeros(2, dim), torch.tensor(rows, dtype=torch.float32)])
@@ -332,7 +430,7 @@ def load_embeddings(emb: dict):
         return WordPieces(str(minilm_l6_dir()))
     source = str(Path(source).expanduser())  # as the config check reads it
     if emb.get("format", "vec") == "vec" and not Path(source).is_dir():
-        return WordVectors(source, emb.get("lowercase", True), emb.get("max_words"))
+        return WordVectors(source, emb.get("lowercase", True), emb.get("max_words"), emb.get("encoding", "utf-8"))
     return WordPieces(source)  # a local model folder with a tokenizer and model.safetensors
 
 
@@ -384,18 +482,21 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
         return out
 
     max_p, max_tok, max_total = limits["passages"], limits["passage_tokens"], limits["total_tokens"]
-    rows, dropped = [], {s: 0 for s in SPLITS}
+    rows, dropped, truncated = [], {s: 0 for s in SPLITS}, 0
     unanswerable = {s: 0 for s in SPLITS}
     for rec in recs:
         q_ids, q_toks, _ = emb.encode(rec["question"])
         q_ids = compact(q_ids[: limits["question_tokens"]], q_toks[: limits["question_tokens"]]) or [1]
         p_ids, p_starts, p_ends, p_texts, norm_toks, total = [], [], [], [], [], 0
+        cut = len(rec["passages"]) > max_p
         for text in rec["passages"][:max_p]:
             ids, toks, offs = emb.encode(text)
-            ids, toks, offs = ids[:max_tok], toks[:max_tok], offs[:max_tok]
             room = max_total - total
             if room <= 0:
+                cut = True
                 break
+            cut = cut or len(ids) > min(max_tok, room)
+            ids, toks, offs = ids[:max_tok], toks[:max_tok], offs[:max_tok]
             ids, toks, offs = ids[:room], toks[:room], offs[:room]
             if not ids:
                 continue
@@ -436,6 +537,7 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
             row.update(mention_c=[], mention_p=[], mention_s=[], mention_e=[])
         row.update(span_p=[s[0] for s in spans], span_s=[s[1] for s in spans], span_e=[s[2] for s in spans],
                    answerable=answerable)
+        truncated += cut
         if not answerable:
             unanswerable[rec["split"]] += 1
             if rec["split"] == "train":
@@ -444,7 +546,7 @@ def tokenise_task(recs: list[dict], emb, limits: dict, kind: str) -> tuple[pd.Da
         rows.append(row)
     df = pd.DataFrame(rows)
     counts = {s: int((df["split"] == s).sum()) if len(df) else 0 for s in SPLITS}
-    report = {"questions": counts, "dropped_train_without_span": dropped["train"],
+    report = {"questions": counts, "dropped_train_without_span": dropped["train"], "truncated": int(truncated),
               "unanswerable": unanswerable, "vocabulary": len(vocab) + 2,
               "mean_passages": float(df["p_ids"].map(len).mean()) if len(df) else 0.0,
               "mean_tokens": float(df["p_ids"].map(lambda p: sum(map(len, p))).mean()) if len(df) else 0.0}

@@ -9,18 +9,20 @@ import numpy as np
 import pandas as pd
 
 from ..figures import pyplot, save_figure
-from ..io import read_json, read_parquet, write_parquet
+from ..io import parquet_provenance, read_json, read_parquet, write_parquet
 from ..stats import add_seed_stats, loglog_slope, mean_interval
 from .metrics import em_f1
 
 log = logging.getLogger(__name__)
 
+# the data job's counts per task (steps.NOTE_TEXT): questions dropped, cut, ids in two splits, Latin-1 lines
+NOTE_COLUMNS = ["dropped", "truncated", "duplicates", "latin1_lines"]
 # what the first cross-passage block's heads attended among, on the test split (steps.selection_shares)
 SELECTION_COLUMNS = ["selected_fraction", "answer_share_selected", "answer_share_all", "answer_enrichment",
                      "question_share_selected", "question_share_all", "question_enrichment"]
 RESULT_COLUMNS = ["task", "kind", "variant", "seed", "em", "f1", "accuracy", "n_test", "params", "train_seconds",
                   "step_seconds", "train_cpu_seconds", "step_cpu_seconds", "peak_memory_mb", "best_step",
-                  "settings_hash", *SELECTION_COLUMNS]  # + score and its seed statistics
+                  "settings_hash", *SELECTION_COLUMNS, *NOTE_COLUMNS]  # + score and its seed statistics
 
 
 def word_overlap_choice(row) -> int:
@@ -74,6 +76,12 @@ def summarise(*, runs: list[dict], tokens: dict, efficiency: str | None, table: 
     for task, path in sorted(tokens.items()):
         rows.extend(baselines(task, path))
     df = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
+    notes = {task: parquet_provenance(path).get("notes") or {} for task, path in tokens.items()}
+    for col in NOTE_COLUMNS:
+        df[col] = df["task"].map(lambda t: notes.get(t, {}).get(col)).astype("Int64")
+    for task, counts in sorted(notes.items()):
+        if any(counts.values()):
+            log.warning("dynsan task %s: %s", task, ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     for col in ("em", "f1", "accuracy", "train_seconds", "step_seconds", "train_cpu_seconds", "step_cpu_seconds",
                 "peak_memory_mb", *SELECTION_COLUMNS):
         df[col] = df[col].astype("float64")

@@ -28,13 +28,15 @@ def prepare(*, task: dict, embeddings: dict, limits: dict, max_chars: int, token
             report: str) -> None:
     """Records -> splits -> tokens and spans (Parquet), the compact vocabulary's vectors and
     characters (safetensors) and a data report (JSON). Bad data fails before anything is written."""
-    from .data import assign_splits, char_table, load_embeddings, load_records, tokenise_task
+    from .data import assign_splits, char_table, cross_split_duplicates, load_embeddings, load_records, tokenise_task
 
     kind = task.get("kind", "span")
     recs, origin = load_records(task)
     recs = assign_splits(recs, task)
     emb = load_embeddings(embeddings)
     df, compact, extra = tokenise_task(recs, emb, limits, kind)
+    notes = data_notes(extra["report"], cross_split_duplicates(recs), getattr(emb, "latin1", {}).get("latin1_lines", 0))
+    extra["report"].update(notes)
     for split in SPLITS:
         if not (df["split"] == split).any() if len(df) else True:
             raise UserError(f"{origin}: task '{task['name']}': the {split} split is empty after preparation "
@@ -51,9 +53,25 @@ def prepare(*, task: dict, embeddings: dict, limits: dict, max_chars: int, token
     rep = dict(extra["report"], task=task["name"], kind=kind, origin=origin, embedding=emb.name,
                embedding_dim=int(emb.table.shape[1]))
     log.info("dynsan task %s: %s", task["name"], rep)
+    for what, n in notes.items():
+        if n:
+            log.warning("dynsan task %s: %d %s", task["name"], n, NOTE_TEXT[what])
     save_tensors({"vectors": vectors, "chars": torch.from_numpy(chars)}, vocab, metadata=meta)
-    write_parquet(df, tokens, metadata={"step": "dynsan_prepare", "task": task["name"], "spec_hash": meta["spec_hash"]})
+    write_parquet(df, tokens, metadata={"step": "dynsan_prepare", "task": task["name"], "spec_hash": meta["spec_hash"],
+                                        "notes": notes})
     write_json(rep, report)
+
+
+# the data job's counts that go into the summary table (one column each) and the console summary
+NOTE_TEXT = {"dropped": "training questions dropped: no answer span found in the kept passages",
+             "truncated": "questions cut to the limits (passages, passage_tokens, total_tokens)",
+             "duplicates": "ids found in more than one split (train/test leakage if they are the same question)",
+             "latin1_lines": "word-vector lines read as Latin-1 (not UTF-8)"}
+
+
+def data_notes(report: dict, duplicates: int, latin1_lines: int) -> dict[str, int]:
+    return {"dropped": int(report["dropped_train_without_span"]), "truncated": int(report["truncated"]),
+            "duplicates": int(duplicates), "latin1_lines": int(latin1_lines)}
 
 
 # --- batches ------------------------------------------------------------------------------------------

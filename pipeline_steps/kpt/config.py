@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..io import read_text
 from ..settings import Settings
 
 # variant -> which parts are on: knowledge-base words, frequency, relevance, calibration, learnable weights
@@ -83,12 +84,7 @@ def read_kb_file(path: str | os.PathLike, label_names: list[str]) -> dict[str, l
     Errors name the file and, for the text format, the line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: knowledge-base file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e})") from None
+    text = read_text(path, "knowledge-base file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -108,7 +104,7 @@ def read_kb_file(path: str | os.PathLike, label_names: list[str]) -> dict[str, l
                 words = [w for w in words.split(",")]
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
                 raise UserError(f"{path}: class '{name}': expected a list of words, got {type(words).__name__}")
-            words = [w.strip() for w in words if w.strip()]
+            words = [w.strip() for w in words if not _SEPARATORS.match(w)]
             if not words:
                 raise UserError(f"{path}: class '{name}' has no words")
             out[name] = words
@@ -117,12 +113,24 @@ def read_kb_file(path: str | os.PathLike, label_names: list[str]) -> dict[str, l
     while lines and not lines[-1].strip():  # trailing blank lines are harmless
         lines.pop()
     for i, line in enumerate(lines, 1):
-        if not line.strip().strip(","):
+        if not line.strip():
             raise UserError(f"{path}: line {i}: empty line (one line of comma-separated words per class)")
+        if not _line_words(line):
+            raise UserError(f"{path}: line {i}: no word, only separators ({line.strip()[:40]!r}); "
+                            f"one line of comma-separated words per class")
     if len(lines) != len(label_names):
         raise UserError(f"{path}: {len(lines)} lines of words but the task has {len(label_names)} classes "
                         f"{label_names} (one line per class, in label order)")
-    return {name: [w.strip() for w in line.split(",") if w.strip()] for name, line in zip(label_names, lines)}
+    return {name: _line_words(line) for name, line in zip(label_names, lines)}
+
+
+_SEPARATORS = re.compile(r"^[\s,;|]*$")  # a "word" of separators only is no word
+
+
+def _line_words(line: str) -> list[str]:
+    """The words of one line of a word-list file (comma-separated; blank entries and entries of
+    separators only, e.g. ``;`` or ``|``, are not words)."""
+    return [w.strip() for w in line.split(",") if not _SEPARATORS.match(w)]
 
 
 # --- the blocklist of knowledge-base words -------------------------------------------------------
@@ -150,16 +158,8 @@ def read_blocklist(path: str | os.PathLike = BLOCKLIST) -> Blocklist:
     """A blocklist file: one lower-case entry per line, ``*`` at the end for a prefix, ``#`` comments.
     Errors name the file and line."""
     path = Path(path).expanduser()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: blocklist file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: blocklist file cannot be read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e})") from None
+    text = read_text(path, "blocklist file")
+    raw = path.read_bytes()  # the hash is of the bytes
     words, prefixes = set(), []
     for i, line in enumerate(text.splitlines(), 1):
         entry = line.split("#", 1)[0].strip().lower()

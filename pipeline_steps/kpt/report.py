@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["model", "task", "shots", "seed", "mode", "variant", "knowledge_base", "words_per_class",
            "words_by_class", "kb_words_kept", "kb_words_blocked", "metric", "score", "n_test", "best_dev_score",
-           "train_seconds", "config_hash"]
+           "train_seconds", "k_shot_shortfall", "config_hash"]
 ORDER = ["manual", "manual+calibration", "kpt", "kpt-no-frequency", "kpt-no-relevance", "kpt-no-calibration",
          "kpt-no-learnable"]
 
@@ -31,6 +31,14 @@ def summarise_kpt(*, scores: list[str], words: list[str], metas: list[str], tabl
         f["knowledge_base"] = meta["knowledge_base"]
         frames.append(f)
     df = pd.concat(frames, ignore_index=True)
+    if "k_shot_shortfall" not in df:  # runs written before the column existed
+        df["k_shot_shortfall"] = pd.NA
+    df["k_shot_shortfall"] = df["k_shot_shortfall"].astype("Int64")
+    short = df[df["k_shot_shortfall"].fillna(0) > 0].drop_duplicates(["model", "task", "knowledge_base", "shots", "mode",
+                                                                     "seed"])
+    for _, r in short.iterrows():
+        log.warning("KPT %s/%s %d-shot seed %d: %d examples short of k per class (train + dev); fewer were used",
+                    r["model"], r["task"], r["shots"], r["seed"], r["k_shot_shortfall"])
     df["words_by_class"] = df["words_by_class"].map(lambda x: [int(v) for v in x])
     df["variant_rank"] = df["variant"].map({v: i for i, v in enumerate(ORDER)})
     df = df.sort_values(["model", "task", "knowledge_base", "shots", "mode", "seed", "variant_rank"])

@@ -48,14 +48,18 @@ def sample_support(train: TokenizedSplit, size: int, seed: int) -> TokenizedSpli
     return subset(train, rows)
 
 
-def sample_k_shot(data: TokenizedSplit, k: int, seed: int, num_classes: int, salt: int) -> TokenizedSplit:
-    """k examples per class (all of a class with fewer), seeded; rows in class order."""
+def sample_k_shot(data: TokenizedSplit, k: int, seed: int, num_classes: int, salt: int,
+                  shortfall: list | None = None) -> TokenizedSplit:
+    """k examples per class (all of a class with fewer), seeded; rows in class order. Each class with
+    fewer than k adds how many it lacks to ``shortfall`` (it reaches the table's ``k_shot_shortfall``)."""
     rng = np.random.default_rng([seed, salt])
     rows = []
     for c in range(num_classes):
         idx = np.flatnonzero(data.labels == c)
         if len(idx) < k:
             log.warning("class %d has %d examples, fewer than k=%d: all are used", c, len(idx), k)
+            if shortfall is not None:
+                shortfall.append(k - len(idx))
         rows.extend(np.sort(rng.choice(idx, min(k, len(idx)), replace=False)).tolist())
     if not rows:
         raise UserError("k-shot sampling found no example")
@@ -237,7 +241,7 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
                                      describe=what))
         return z, None
 
-    score_rows, all_words = [], []
+    score_rows, all_words, shortfall = [], [], []
     if shots == 0:
         plain = lambda head: PlainModel(bundle.backbone, head)  # noqa: E731
         support_z, vocab_prior = support_logits(plain)
@@ -256,8 +260,8 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
     else:
         if mode not in ("prompt", "model"):
             raise UserError(f"unknown KPT training mode '{mode}' (prompt | model)")
-        train = sample_k_shot(data["train"], shots, seed, C, salt=1)
-        dev = sample_k_shot(data["dev"], shots, seed, C, salt=2)
+        train = sample_k_shot(data["train"], shots, seed, C, salt=1, shortfall=shortfall)
+        dev = sample_k_shot(data["dev"], shots, seed, C, salt=2, shortfall=shortfall)
         if mode == "prompt":
             from ..prompt_tuning.steps import initial_prompt
 
@@ -320,6 +324,9 @@ def run(*, model_spec: dict, task_spec: dict, kb: dict, settings: dict, prompt_t
         if mode == "model":
             bundle.backbone.hf.load_state_dict(initial)
     provenance["seconds"] = round(time.perf_counter() - t0, 3)
+    provenance["k_shot_shortfall"] = int(sum(shortfall))  # examples missing to k per class, train + dev
+    for r in score_rows:
+        r["k_shot_shortfall"] = provenance["k_shot_shortfall"]
     frame = pd.DataFrame(score_rows)
     write_parquet(pd.DataFrame(all_words), words, metadata=provenance)
     write_parquet(frame, scores, metadata=provenance)

@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # pipeline_steps without installation, too
 sys.path.insert(0, str(Path(workflow.basedir)))  # planning/: grids and paths of each stage
 
-from pipeline_steps.config import model_spec, pt_settings, task_spec, used_models, used_tasks, validate
+from pipeline_steps.config import config_warnings, model_spec, pt_settings, task_spec, used_models, used_tasks, validate
 from pipeline_steps.errors import UserError
 from pipeline_steps.models.registry import built_dir, built_files
 
@@ -19,6 +19,8 @@ try:
     validate(config, origin="config")
 except UserError as e:
     raise WorkflowError(str(e)) from None
+for _warning in config_warnings(config):  # valid, but not what it seems (docs/robustness.md)
+    print(f"warning: {_warning}", file=sys.stderr)
 
 
 def _per_name(query):
