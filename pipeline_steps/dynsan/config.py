@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from ..settings import Settings
 
 SELECTIONS = ("gated", "random", "all")
+# splits drawn for a task without its own (dynsan.tasks.<name>.split; the schema writes the same defaults):
+# DynSAN holds out 0.2 for test where the classification tasks hold out 0.25 (data/prepare.py)
+TEST_FRACTION = 0.2
+DEV_FRACTION = 0.15
+SPLIT_SEED = 13
 
 
 @dataclass
