@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings
+from ..settings import SCHEMA_CAP, SchemaSection, Settings
 
 SELECTIONS = ("gated", "random", "all")
 # splits drawn for a task without its own (dynsan.tasks.<name>.split; the schema writes the same defaults):
@@ -17,6 +17,7 @@ SPLIT_SEED = 13
 class ModelConfig(Settings):
     """The network and the variant switches (the ablations of the paper are values of these)."""
     what = "dynsan model"
+    schema = (SchemaSection(("$defs", "dynsan_model")),)
 
     d: int = 128                 # model width D
     heads: int = 8               # H
@@ -45,15 +46,14 @@ class ModelConfig(Settings):
     def check(self) -> None:
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection '{self.selection}' is not one of {list(SELECTIONS)}")
+        self.at_least(2, "d")
+        self.at_least(1, "heads", "k", "blocks", "conv_kernel", "char_dim", "char_channels", "char_kernel",
+                      "max_chars", "max_passages")
         if self.d % self.heads:
             raise ValueError(f"d ({self.d}) must be a multiple of heads ({self.heads})")
         if self.selection == "gated" and not self.gate:
             raise ValueError("selection 'gated' needs gate: true (the gate picks the tokens); "
                              "use selection 'random' or 'all' without a gate")
-        for name in ("d", "heads", "k", "blocks", "conv_kernel", "char_dim", "char_channels", "char_kernel",
-                     "max_chars", "max_passages"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -61,6 +61,8 @@ class ModelConfig(Settings):
 @dataclass
 class TrainConfig(Settings):
     what = "dynsan training"
+    schema = (SchemaSection(("$defs", "dynsan_train"), schema_only_bounds={
+        f"{k} maximum": SCHEMA_CAP for k in ("lr", "beta", "grad_clip")}),)
 
     steps: int = 20000
     batch_size: int = 32
@@ -81,8 +83,8 @@ class TrainConfig(Settings):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.beta < 0 or self.lr <= 0:
-            raise ValueError("beta must be >= 0 and lr > 0")
+        self.at_least(0, "beta", "warmup_steps", "eval_max")
+        self.above(0, "lr", "grad_clip")
 
 
 # variant keys that are model switches, and the ones that change the data or the loss
