@@ -257,6 +257,7 @@ COPIES = [  # (copy, original, keys of the copy that are not in the original)
      ("properties", "dynsan", "properties", "limits"), tuple(dynsan.VARIANT_MODEL_KEYS) + ("beta",)),
     (("properties", "dynsan", "properties", "tasks", "additionalProperties", "properties", "limits"),
      ("properties", "dynsan", "properties", "limits"), ()),
+    (("properties", "dynsan", "properties", "efficiency"), ("$defs", "dynsan_model"), ("lengths", "variants", "steps")),
 ]
 # every place that takes prompt-tuning settings refers to the one block; the keys a stage refuses
 PROMPT_TUNING_REFS = {
