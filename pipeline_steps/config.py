@@ -28,8 +28,10 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 TEMPLATE_FIELDS = {"text_a", "text_b", "mask"}
 MAX_INT = 2**53 - 1  # larger integers are not exact in JSON/float tools and mean a typo, not a setting
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
-# defaults are not filled below these (task-level overrides must stay sparse)
-_NO_DEFAULTS = (("tasks", "*", "prompt_tuning"),)
+# defaults are not filled below these: overrides of the one prompt_tuning block must stay sparse (a filled
+# default would replace the task's or the global setting when merged)
+_NO_DEFAULTS = (("tasks", "*", "prompt_tuning"), ("fpt", "prompt_tuning"), ("lpt", "prompt_tuning"),
+                ("kpt", "prompt_tuning"))
 # Registries of named entries where ``NAME: null`` removes the entry. Snakemake deep-merges a
 # ``--configfile`` overlay into config.yaml (mappings key by key, lists and scalars replaced), so
 # without this an overlay could add and change entries but never drop one (docs/configuration.md).
@@ -106,6 +108,8 @@ def _schema_error(err: jsonschema.ValidationError, origin: str) -> UserError:
         msg = f"{_shown(err.instance)} is invalid ({err.validator}: {_shown(err.validator_value)})"
     if err.validator == "pattern" and err.schema.get("description"):
         msg += f" ({err.schema['description']})"
+    if err.validator == "not" and err.validator_value == {}:  # a key the section refuses (a shared block's key)
+        msg = "cannot be set here" + (f": {err.schema['description']}" if err.schema.get("description") else "")
     if err.validator == "oneOf" and isinstance(err.instance, dict):
         msg = (f"a task source needs exactly one of 'demo', 'hub' or 'path' with their own keys; "
                f"got keys {sorted(err.instance)}")

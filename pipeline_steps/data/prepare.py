@@ -20,6 +20,10 @@ from . import demo
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
+# tasks.<name>.split defaults (the schema fills the same values; DynSAN has its own, dynsan/config.py)
+TEST_FRACTION = 0.25
+DEV_FRACTION = 0.15
+SPLIT_SEED = 13
 _SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev", "test": "test"}
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -184,18 +188,18 @@ def _stratified_take(df: pd.DataFrame, fraction_or_n, rng: np.random.Generator) 
 def assign_splits(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
     """Deterministic train/dev/test from the task's split seed, then caps and k-shot subsets."""
     cfg = spec.get("split", {})
-    rng = np.random.default_rng(cfg.get("seed", 13))
+    rng = np.random.default_rng(cfg.get("seed", SPLIT_SEED))
     df = df.sort_values("idx").reset_index(drop=True)
     have = set(df["split"].dropna())
     if not have:
         df["split"] = "train"
-        test = _stratified_take(df, float(cfg.get("test_fraction", 0.25)), rng)
+        test = _stratified_take(df, float(cfg.get("test_fraction", TEST_FRACTION)), rng)
         df.loc[test, "split"] = "test"
     elif "test" not in have and "dev" in have:
         df.loc[df["split"] == "dev", "split"] = "test"  # hub tasks without test labels: dev serves as test
     if "dev" not in set(df["split"]):
         train = df[df["split"] == "train"]
-        dev = _stratified_take(train, float(cfg.get("dev_fraction", 0.15)), rng)
+        dev = _stratified_take(train, float(cfg.get("dev_fraction", DEV_FRACTION)), rng)
         df.loc[dev, "split"] = "dev"
     k = spec.get("k_shot")
     for split in SPLITS:

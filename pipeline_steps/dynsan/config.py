@@ -3,15 +3,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings
+from ..settings import SCHEMA_CAP, SchemaSection, Settings
 
 SELECTIONS = ("gated", "random", "all")
+# splits drawn for a task without its own (dynsan.tasks.<name>.split; the schema writes the same defaults):
+# DynSAN holds out 0.2 for test where the classification tasks hold out 0.25 (data/prepare.py)
+TEST_FRACTION = 0.2
+DEV_FRACTION = 0.15
+SPLIT_SEED = 13
 
 
 @dataclass
 class ModelConfig(Settings):
     """The network and the variant switches (the ablations of the paper are values of these)."""
     what = "dynsan model"
+    schema = (SchemaSection(("$defs", "dynsan_model"), schema_only_bounds={
+        **{f"{k} maximum": SCHEMA_CAP for k in ("d", "k", "blocks", "char_dim", "char_channels", "char_kernel",
+                                                "max_chars", "max_passages", "match_bias_init")},
+        "match_bias_init minimum": SCHEMA_CAP}),)
 
     d: int = 128                 # model width D
     heads: int = 8               # H
@@ -40,15 +49,14 @@ class ModelConfig(Settings):
     def check(self) -> None:
         if self.selection not in SELECTIONS:
             raise ValueError(f"selection '{self.selection}' is not one of {list(SELECTIONS)}")
+        self.at_least(2, "d")
+        self.at_least(1, "heads", "k", "blocks", "conv_kernel", "char_dim", "char_channels", "char_kernel",
+                      "max_chars", "max_passages")
         if self.d % self.heads:
             raise ValueError(f"d ({self.d}) must be a multiple of heads ({self.heads})")
         if self.selection == "gated" and not self.gate:
             raise ValueError("selection 'gated' needs gate: true (the gate picks the tokens); "
                              "use selection 'random' or 'all' without a gate")
-        for name in ("d", "heads", "k", "blocks", "conv_kernel", "char_dim", "char_channels", "char_kernel",
-                     "max_chars", "max_passages"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.conv_kernel % 2 == 0:  # padding kernel // 2 keeps the length (the residual's shape) only if odd
@@ -59,6 +67,8 @@ class ModelConfig(Settings):
 @dataclass
 class TrainConfig(Settings):
     what = "dynsan training"
+    schema = (SchemaSection(("$defs", "dynsan_train"), schema_only_bounds={
+        f"{k} maximum": SCHEMA_CAP for k in ("lr", "beta", "grad_clip")}),)
 
     steps: int = 20000
     batch_size: int = 32
@@ -79,8 +89,8 @@ class TrainConfig(Settings):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.beta < 0 or self.lr <= 0:
-            raise ValueError("beta must be >= 0 and lr > 0")
+        self.at_least(0, "beta", "warmup_steps", "eval_max")
+        self.above(0, "lr", "grad_clip")
 
 
 # variant keys that are model switches, and the ones that change the data or the loss

@@ -25,6 +25,7 @@ import pandas as pd
 from ..data.prepare import hub_splits
 from ..errors import UserError
 from ..io import iter_lines, read_text
+from .config import DEV_FRACTION, SPLIT_SEED, TEST_FRACTION
 from .metrics import normalize_answer
 
 log = logging.getLogger(__name__)
@@ -313,11 +314,11 @@ def assign_splits(recs: list[dict], spec: dict) -> list[dict]:
     """Sources' own splits are kept (a source without test: its dev serves as test); missing
     splits are drawn from train by ``split.seed``; then the ``max_<split>`` caps."""
     cfg = spec.get("split") or {}
-    rng = np.random.default_rng(cfg.get("seed", 13))
+    rng = np.random.default_rng(cfg.get("seed", SPLIT_SEED))
     have = {r["split"] for r in recs if r["split"]}
     if not have:
         order = rng.permutation(len(recs))
-        n_test = int(round(len(recs) * cfg.get("test_fraction", 0.2)))
+        n_test = int(round(len(recs) * cfg.get("test_fraction", TEST_FRACTION)))
         for j, i in enumerate(order):
             recs[i]["split"] = "test" if j < n_test else "train"
     elif "test" not in have and "dev" in have:
@@ -326,7 +327,7 @@ def assign_splits(recs: list[dict], spec: dict) -> list[dict]:
                 r["split"] = "test"
     if "dev" not in {r["split"] for r in recs}:
         train = [i for i, r in enumerate(recs) if r["split"] == "train"]
-        n_dev = int(round(len(train) * cfg.get("dev_fraction", 0.15)))
+        n_dev = int(round(len(train) * cfg.get("dev_fraction", DEV_FRACTION)))
         for i in np.asarray(train)[rng.permutation(len(train))[:n_dev]]:
             recs[i]["split"] = "dev"
     kept = []

@@ -3,19 +3,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..settings import Settings
+from ..settings import SchemaSection, Settings
 
 SELECTIONS = ("evenly", "first")  # how a depth-reduced stage picks its layers
+CLASS_VECTORS = ("full", "partial")  # embedding verbalizer of a partial stage
 METHODS = {"fpt_depth": ("layers",), "fpt_width": ("ffn",), "fpt_compound": ("layers", "ffn")}
 
 
 @dataclass
 class FPTStage(Settings):
     what = "FPT stage"
+    schema = (SchemaSection(
+        ("properties", "fpt", "properties", "schedules", "patternProperties", "^fpt_(depth|width|compound)$", "items"),
+        defaults={"layers": "absent in the config = None (all layers)", "ffn": "absent in the config = None (full width)"}),)
 
     steps: int
     layers: float | int | None = None   # None: all layers
     ffn: float | int | None = None      # None: full FFN width
+
+    def check(self) -> None:
+        self.at_least(1, "steps")
+        self.above(0, "layers", "ffn")  # a fraction in (0, 1) of the model's or a count
 
     @property
     def is_full(self) -> bool:
@@ -25,6 +33,13 @@ class FPTStage(Settings):
 @dataclass
 class FPTConfig(Settings):
     what = "FPT"
+    schema = (SchemaSection(
+        ("properties", "fpt"),
+        renamed={"selection": "layer_selection", "stages": "schedules"},
+        keys_only={"models": "the grid", "tasks": "the grid", "seeds": "the grid", "methods": "the schedules run",
+                   "score_samples": "the FFN scoring step's own", "pt_steps": "the PT baseline's steps",
+                   "prompt_tuning": "overrides of the shared block"},
+        defaults={"stages": "the config holds one schedule per method (fpt.schedules); FPTConfig one method's stages"}),)
 
     stages: list[FPTStage] = field(default_factory=list)
     selection: str = "evenly"          # evenly | first
@@ -44,8 +59,8 @@ class FPTConfig(Settings):
             raise ValueError("every FPT stage needs at least one step")
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown layer selection '{self.selection}' ({' | '.join(SELECTIONS)})")
-        if self.class_vectors not in ("full", "partial"):
-            raise ValueError(f"class_vectors must be full or partial, not '{self.class_vectors}'")
+        if self.class_vectors not in CLASS_VECTORS:
+            raise ValueError(f"class_vectors must be {' or '.join(CLASS_VECTORS)}, not '{self.class_vectors}'")
 
     @property
     def total_steps(self) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import read_text
-from ..settings import Settings
+from ..settings import SchemaSection, Settings
 
 # variant -> which parts are on: knowledge-base words, frequency, relevance, calibration, learnable weights
 VARIANTS = {
@@ -24,6 +24,7 @@ VARIANTS = {
     "kpt-no-learnable": dict(knowledge=True, frequency=True, relevance=True, calibration=True, learnable=False),
 }
 MODES = ("prompt", "model")
+MULTI_TOKEN = ("mean", "first")  # a multi-token word's logit
 
 
 def switches(variant: str, shots: int, relevance_few_shot: bool = False) -> dict[str, bool]:
@@ -55,6 +56,7 @@ def variants_for(variants: list[str], shots: int, relevance_few_shot: bool = Fal
 @dataclass
 class KPTConfig(Settings):
     what = "kpt"
+    schema = (SchemaSection(("properties", "kpt", "properties", "settings")),)
 
     support_size: int = 200          # unlabeled training inputs behind the frequency/relevance/calibration statistics
     candidate_frac: float = 0.5      # frequency refinement: drop words whose prior is in this lowest fraction
@@ -70,10 +72,11 @@ class KPTConfig(Settings):
     def check(self) -> None:
         if not 0 <= self.candidate_frac < 1:
             raise ValueError(f"candidate_frac must be in [0, 1), got {self.candidate_frac}")
-        if self.multi_token not in ("mean", "first"):
-            raise ValueError(f"multi_token must be mean or first, not '{self.multi_token}'")
-        if self.support_size < 2:
-            raise ValueError("support_size must be at least 2")
+        if self.multi_token not in MULTI_TOKEN:
+            raise ValueError(f"multi_token must be {' or '.join(MULTI_TOKEN)}, not '{self.multi_token}'")
+        self.at_least(2, "support_size")
+        self.at_least(1, "max_words", "max_subtokens", "model_epochs", "batch_size")
+        self.above(0, "weight_lr", "model_lr")
 
 
 # --- the published KPT word-list files ----------------------------------------------------------

@@ -3,12 +3,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings
+from ..settings import SCHEMA_CAP, SchemaSection, Settings
+
+INITS = ("random", "vocab")  # random | vocab (embeddings of sampled vocabulary tokens)
+EVAL_SCHEDULES = ("fixed", "log")
 
 
 @dataclass
 class PromptTuningConfig(Settings):
     what = "prompt-tuning"
+    schema = (SchemaSection(
+        ("$defs", "prompt_tuning"),
+        defaults={"bucket_batches": "no schema default on purpose (absent = 0 = random batches): an absent key "
+                                    "leaves the rule params and config hashes of existing runs as they were"},
+        schema_only_bounds={f"{k} maximum": SCHEMA_CAP
+                            for k in ("prompt_length", "lr", "weight_decay", "max_length", "bucket_batches")}),)
 
     prompt_length: int = 10
     init: str = "vocab"  # random | vocab
@@ -28,5 +37,11 @@ class PromptTuningConfig(Settings):
     eval_schedule: str = "fixed"
 
     def check(self) -> None:
-        if self.eval_schedule not in ("fixed", "log"):
-            raise ValueError(f"eval_schedule must be 'fixed' or 'log', not '{self.eval_schedule}'")
+        self.at_least(1, "prompt_length", "steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every")
+        self.at_least(8, "max_length")
+        self.at_least(0, "weight_decay", "warmup_steps", "bucket_batches")
+        self.above(0, "lr", "grad_clip")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, not '{self.init}'")
+        if self.eval_schedule not in EVAL_SCHEDULES:
+            raise ValueError(f"eval_schedule must be one of {list(EVAL_SCHEDULES)}, not '{self.eval_schedule}'")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import Settings
+from ..settings import SCHEMA_CAP, SchemaSection, Settings
 
 OBJECTIVES = ("distance", "task")
 
@@ -20,12 +20,31 @@ CORRELATION_COLUMNS = ["model", "indicator", "layers", "performance", "spearman"
                        "ci_low", "ci_high", "n_seeds"]
 BOOTSTRAP_RESAMPLES = 1000  # resamples of the Spearman interval (seeds, then pairs within seeds)
 
+_CAPS = {"lr maximum": SCHEMA_CAP, "weight_decay maximum": SCHEMA_CAP}
+_SHARED = {"hidden": "projector.hidden, shared by both objectives (the third section)"}
+
 
 @dataclass
 class ProjectorConfig(Settings):
     """Settings of one projector training run (one objective)."""
 
     what = "projector"
+    schema = (
+        SchemaSection(("properties", "projector", "properties", "distance"),
+                      fields_only={**_SHARED, "batch_size": "the distance objective takes all prompt pairs per step",
+                                   "eval_batch_size": "the distance objective has no dev evaluation"},
+                      schema_only_bounds=_CAPS),
+        SchemaSection(("properties", "projector", "properties", "task"), fields_only=_SHARED,
+                      defaults={"steps": "the task objective's own (100 steps through the frozen target model)",
+                                "eval_every": "the task objective's own (dev evaluation every 25 steps)"},
+                      schema_only_bounds=_CAPS),
+        SchemaSection(("properties", "projector"),
+                      fields_only={k: "per objective (projector.distance, projector.task)"
+                                   for k in ("lr", "weight_decay", "steps", "batch_size", "eval_batch_size",
+                                             "eval_every", "warmup_steps", "grad_clip")},
+                      keys_only={"pairs": "which projectors", "objectives": "which objectives",
+                                 "distance": "that objective's settings", "task": "that objective's settings"}),
+    )
 
     hidden: int = 256            # width of the perceptron's hidden layer
     lr: float = 1e-3
@@ -36,3 +55,8 @@ class ProjectorConfig(Settings):
     eval_every: int = 50         # task objective: dev evaluation; distance: curve resolution
     warmup_steps: int = 0
     grad_clip: float = 1.0
+
+    def check(self) -> None:
+        self.at_least(1, "hidden", "steps", "batch_size", "eval_batch_size", "eval_every")
+        self.at_least(0, "weight_decay", "warmup_steps")
+        self.above(0, "lr", "grad_clip")
