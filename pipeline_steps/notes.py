@@ -13,6 +13,8 @@ TABLES = {
         "truncated": "questions cut to dynsan.limits",
         "duplicates": "ids in more than one split",
         "latin1_lines": "word-vector lines read as Latin-1"}),
+    "results/tables/prompt_tuning.parquet": (["task"], {
+        "k_shot_shortfall": "examples short of k_shot per class in the task's data (train + dev; fewer were kept)"}),
     "results/tables/kpt.parquet": (["model", "task", "knowledge_base", "shots", "mode", "seed"], {
         "k_shot_shortfall": "examples short of k per class (train + dev; fewer were used)"}),
 }

@@ -1,3 +1,4 @@
+import copy
 import hashlib
 
 import pandas as pd
@@ -57,6 +58,40 @@ def test_k_shot_and_caps(minimal_config):
     assert train["label"].value_counts().to_dict() == {0: 4, 1: 4, 2: 4, 3: 4}
     assert len(df[df.split == "dev"]) == 16
     assert abs(len(df[df.split == "test"]) - 40) <= 2
+
+
+def test_k_shot_shortfall_is_counted_warned_and_stored(minimal_config, tmp_path, caplog):
+    plain = copy.deepcopy(minimal_config)  # spec() changes its argument
+    # train: 10 + 10, dev: 3 negative and no positive, test: 5 + 5; k_shot=8: dev lacks 5 + 8
+    parts = [("train", "negative", 10), ("train", "positive", 10), ("dev", "negative", 3),
+             ("test", "negative", 5), ("test", "positive", 5)]
+    rows = [{"sentence": f"{split} {label} {i}", "y": label, "part": split}
+            for split, label, n in parts for i in range(n)]
+    p = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    s = spec(minimal_config, source={"path": str(p), "split_field": "part"}, text_fields=["sentence"],
+             label_field="y", k_shot=8)
+    with caplog.at_level("WARNING", logger="pipeline_steps.data.prepare"):
+        df = prepare.run(s, tmp_path / "out.parquet")
+    assert df["split"].value_counts().to_dict() == {"train": 16, "dev": 3, "test": 10}
+    prov = parquet_provenance(tmp_path / "out.parquet")
+    assert prov["k_shot_shortfall"] == 13 and prov["k_shot_shortfall_by_split"] == {"train": 0, "dev": 13}
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "task t: dev split: class 'negative' has 3 example(s), fewer than k_shot=8: all are kept (5 short)",
+        "task t: dev split: class 'positive' has 0 example(s), fewer than k_shot=8: all are kept (8 short)",
+        "task t: 13 examples short of k_shot=8 per class (train 0, dev 13); fewer were kept"], messages
+    # the count changes nothing in the rows kept
+    short = {}
+    assert prepare.prepare_task(s, short).equals(df) and short == {"train": 0, "dev": 13}
+    # enough examples, or no k_shot: 0 and no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline_steps.data.prepare"):
+        prepare.run(spec(copy.deepcopy(plain), k_shot=None), tmp_path / "plain.parquet")
+        prepare.run(spec(copy.deepcopy(plain), k_shot=2), tmp_path / "two.parquet")
+    assert parquet_provenance(tmp_path / "plain.parquet")["k_shot_shortfall"] == 0
+    assert parquet_provenance(tmp_path / "two.parquet")["k_shot_shortfall_by_split"] == {"train": 0, "dev": 0}
+    assert not caplog.records
 
 
 def test_local_csv_with_split_column_and_string_labels(minimal_config, tmp_path):

@@ -183,6 +183,25 @@ def test_table_notes_read_the_count_columns(tmp_path):
                      "5 examples short of k per class (train + dev; fewer were used)"]
 
 
+def test_table_notes_print_the_data_k_shot_shortfall_of_the_prompt_tuning_table(tmp_path):
+    """The data stage's k-shot shortfall, a column of prompt_tuning.parquet: one line per task (not
+    per run), none for 0 or NA (a data table written before the count)."""
+    from pipeline_steps.io import write_parquet
+    from pipeline_steps.notes import table_notes
+
+    write_parquet(pd.DataFrame({"model": ["m", "m", "n", "m", "m"], "task": ["a", "a", "a", "b", "c"],
+                                "seed": [1, 2, 1, 1, 1], "test_score": [0.5] * 5,
+                                "k_shot_shortfall": pd.array([13, 13, 13, 0, pd.NA], dtype="Int64")}),
+                  tmp_path / "results/tables/prompt_tuning.parquet")
+    assert table_notes(tmp_path) == [
+        "prompt_tuning.parquet: task a: 13 examples short of k_shot per class in the task's data "
+        "(train + dev; fewer were kept)"]
+    # a table from before the column: no line, no error
+    write_parquet(pd.DataFrame({"model": ["m"], "task": ["a"], "seed": [1]}),
+                  tmp_path / "results/tables/prompt_tuning.parquet")
+    assert table_notes(tmp_path) == []
+
+
 def test_k_shot_shortfall_is_counted():
     import numpy as np
 

@@ -157,6 +157,33 @@ def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
     assert df["test_score_mean"].tolist() == pytest.approx([0.8] * 3) and (df["n_seeds"] == 3).all()
     assert df["test_score_ci_low"].iloc[0] == pytest.approx(0.8 - 4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
     assert df["dev_score_std"].iloc[0] == pytest.approx(0.1)
+    # without the data tables the shortfall is unknown; every other column is as before
+    assert df["k_shot_shortfall"].isna().all() and str(df["k_shot_shortfall"].dtype) == "Int64"
+    assert list(df.columns) == [  # the columns the table had before the count, then the count
+        "model", "task", "seed", "verbalizer", "prompt_length", "steps", "metric", "dev_score", "best_step",
+        "test_score", "n_test", "train_seconds", "config_hash", "test_score_mean", "test_score_std",
+        "test_score_ci_low", "test_score_ci_high", "dev_score_mean", "dev_score_std", "dev_score_ci_low",
+        "dev_score_ci_high", "n_seeds", "k_shot_shortfall"]
+    before = list(df.columns)
+
+    # the data tables' metadata gives the task's k-shot shortfall: a column, the same on every run of the task
+    write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "data_t.parquet",
+                  metadata={"step": "prepare_data", "task": "t", "k_shot_shortfall": 7})
+    write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "data_u.parquet",
+                  metadata={"step": "prepare_data", "task": "u", "k_shot_shortfall": 0})
+    short = summarise_prompt_tuning(metas=metas, scores=scores, curves=curves, table=str(tmp_path / "pt2.parquet"),
+                                    scores_figure=str(tmp_path / "s.png"), curves_figure=str(tmp_path / "c.png"),
+                                    data=[str(tmp_path / "data_t.parquet"), str(tmp_path / "data_u.parquet")])
+    assert list(short.columns) == before and short["k_shot_shortfall"].tolist() == [7, 7, 7]
+    assert short.drop(columns=["k_shot_shortfall", "train_seconds"]).equals(
+        df.drop(columns=["k_shot_shortfall", "train_seconds"]))
+    assert pd.read_parquet(tmp_path / "pt2.parquet")["k_shot_shortfall"].tolist() == [7, 7, 7]
+    # a data table written before the count existed: unknown (NA), not 0
+    write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "data_t.parquet", metadata={"step": "prepare_data", "task": "t"})
+    old = summarise_prompt_tuning(metas=metas, scores=scores, curves=curves, table=str(tmp_path / "pt3.parquet"),
+                                  scores_figure=str(tmp_path / "s.png"), curves_figure=str(tmp_path / "c.png"),
+                                  data=[str(tmp_path / "data_t.parquet")])
+    assert old["k_shot_shortfall"].isna().all()
 
 
 def test_the_documented_three_seed_config_validates():

@@ -185,8 +185,12 @@ def _stratified_take(df: pd.DataFrame, fraction_or_n, rng: np.random.Generator) 
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
-def assign_splits(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
-    """Deterministic train/dev/test from the task's split seed, then caps and k-shot subsets."""
+def assign_splits(df: pd.DataFrame, spec: dict, shortfall: dict | None = None) -> pd.DataFrame:
+    """Deterministic train/dev/test from the task's split seed, then caps and k-shot subsets.
+
+    With ``k_shot``, a class of train or dev with fewer than k examples keeps all it has: a warning
+    names task, split and class, and ``shortfall[split]`` (if given) gets the examples lacking to k,
+    summed over the classes (those absent from the split lack k), as KPT's ``k_shot_shortfall``."""
     cfg = spec.get("split", {})
     rng = np.random.default_rng(cfg.get("seed", SPLIT_SEED))
     df = df.sort_values("idx").reset_index(drop=True)
@@ -209,6 +213,9 @@ def assign_splits(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
         if k and split in ("train", "dev") and len(part):
             keep = np.sort(np.concatenate([
                 g.index.to_numpy()[rng.permutation(len(g))][:k] for _, g in part.groupby("label", sort=True)]))
+            short = _k_shot_shortfall(part, k, spec, split)
+            if shortfall is not None:
+                shortfall[split] = short
         elif cap and len(part) > cap:
             keep = _stratified_take(part, int(cap), rng)
         df.loc[part.index.difference(keep), "split"] = None
@@ -216,6 +223,20 @@ def assign_splits(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
     order = {s: i for i, s in enumerate(SPLITS)}
     df["__order"] = df["split"].map(order)
     return df.sort_values(["__order", "idx"]).drop(columns="__order").reset_index(drop=True)
+
+
+def _k_shot_shortfall(part: pd.DataFrame, k: int, spec: dict, split: str) -> int:
+    """Examples lacking to k in one split, summed over the task's classes; a warning for each short class."""
+    have = part["label"].value_counts()
+    names = spec.get("label_names") or sorted(have.index.tolist())
+    total = 0
+    for c, name in enumerate(names):
+        n = int(have.get(c, 0))
+        if n < k:
+            log.warning("task %s: %s split: class %s has %d example(s), fewer than k_shot=%d: all are kept "
+                        "(%d short)", spec.get("name"), split, shown(name), n, k, k - n)
+            total += k - n
+    return total
 
 
 def check_splits(df: pd.DataFrame, spec: dict, origin: str) -> None:
@@ -230,10 +251,11 @@ def check_splits(df: pd.DataFrame, spec: dict, origin: str) -> None:
                         f"a classifier needs at least two")
 
 
-def prepare_task(spec: dict) -> pd.DataFrame:
+def prepare_task(spec: dict, shortfall: dict | None = None) -> pd.DataFrame:
+    """The task's table; ``shortfall`` (if given) gets the k-shot shortfall per split (see assign_splits)."""
     raw, origin, split_col = load_raw(spec)
     df = normalise(raw, spec, origin, split_col)
-    df = assign_splits(df, spec)
+    df = assign_splits(df, spec, shortfall)
     check_splits(df, spec, origin)
     df["idx"] = df["idx"].astype("int64")
     df["label"] = df["label"].astype("int64")
@@ -242,9 +264,17 @@ def prepare_task(spec: dict) -> pd.DataFrame:
 
 def run(spec: dict, output: str) -> pd.DataFrame:
     """Rule entry point: prepare and write ``output`` (Parquet) atomically."""
-    df = prepare_task(spec)
+    short = {"train": 0, "dev": 0}
+    df = prepare_task(spec, short)
     counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
     log.info("task %s: %s", spec["name"], counts)
+    if sum(short.values()):
+        log.warning("task %s: %d examples short of k_shot=%d per class (train %d, dev %d); fewer were kept",
+                    spec["name"], sum(short.values()), spec["k_shot"], short["train"], short["dev"])
+    # k_shot_shortfall: examples lacking to k per class, train + dev (0 without k_shot); it reaches the
+    # prompt-tuning table's column of the same name (prompt_tuning/report.py)
     write_parquet(df, output, metadata={"step": "prepare_data", "task": spec["name"],
-                                        "spec_hash": stable_hash(spec), "counts": counts})
+                                        "spec_hash": stable_hash(spec), "counts": counts,
+                                        "k_shot_shortfall": sum(short.values()),
+                                        "k_shot_shortfall_by_split": short})
     return df

@@ -7,15 +7,27 @@ from pathlib import Path
 import pandas as pd
 
 from ..figures import pyplot, save_figure
-from ..io import read_json, read_parquet, stable_hash, write_parquet
+from ..io import parquet_provenance, read_json, read_parquet, stable_hash, write_parquet
 
 log = logging.getLogger(__name__)
 
 
+def data_shortfall(data: list[str]) -> dict:
+    """task -> the data job's ``k_shot_shortfall`` (examples short of k per class, train + dev) from
+    each data table's metadata; a table written before the count existed gives NA."""
+    out = {}
+    for path in data:
+        prov = parquet_provenance(path)
+        n = prov.get("k_shot_shortfall")
+        out[prov.get("task")] = pd.NA if n is None else int(n)
+    return out
+
+
 def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list[str], table: str,
-                            scores_figure: str, curves_figure: str) -> pd.DataFrame:
+                            scores_figure: str, curves_figure: str, data: list[str] | None = None) -> pd.DataFrame:
     """One row per (model, task, seed) run: settings, best dev and test score, time; the mean, std
-    and 95% t interval of the test and dev scores over the seeds of the row's (model, task)."""
+    and 95% t interval of the test and dev scores over the seeds of the row's (model, task); the
+    task's ``k_shot_shortfall`` from its data table (``data``; NA where unknown)."""
     from ..stats import add_seed_stats, mean_interval
 
     plt = pyplot()
@@ -29,6 +41,10 @@ def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list
                      "train_seconds": meta["train_seconds"], "config_hash": meta["config_hash"]})
     df = pd.DataFrame(rows).sort_values(["model", "task", "seed"]).reset_index(drop=True)
     df = add_seed_stats(df, ["model", "task"], ["test_score", "dev_score"])
+    short = data_shortfall(data or [])
+    df["k_shot_shortfall"] = pd.array([short.get(t, pd.NA) for t in df["task"]], dtype="Int64")
+    for task, n in sorted((t, n) for t, n in short.items() if t in set(df["task"]) and pd.notna(n) and n > 0):
+        log.warning("task %s: %d examples short of k_shot per class (train + dev); fewer were kept", task, n)
     write_parquet(df, table, metadata={"step": "summarise_prompts", "interval": "95% Student t over seeds",
                                        "inputs_hash": stable_hash(rows)})
 

@@ -84,6 +84,7 @@ PT_SUMMARY = dict(
     table="results/tables/prompt_tuning.parquet",
     scores_figure="results/figures/prompt_tuning_scores.png",
     curves_figure="results/figures/prompt_tuning_curves.png",
+    data=expand(DATA, task=TASKS),  # their metadata's k_shot_shortfall: a column of the table
 )
 
 
@@ -92,6 +93,7 @@ rule summarise_prompts:
         metas=PT_SUMMARY["metas"],
         curves=PT_SUMMARY["curves"],
         scores=PT_SUMMARY["scores"],
+        data=PT_SUMMARY["data"],
     output:
         table=reported(PT_SUMMARY["table"], "prompt_tuning_table", "1. Prompt tuning", table="per run"),
         scores_figure=reported(PT_SUMMARY["scores_figure"], "prompt_tuning_scores", "1. Prompt tuning",
