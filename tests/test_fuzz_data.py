@@ -189,6 +189,15 @@ KB_WORDS = st.one_of(st.sampled_from(["good", "bad", " fine ", "so-so", "très b
 BAD_BYTES = [b"", b"\xe9", b"\xff\xfe", b"\xef\xbb\xbf", b"\x00", b"\r", b"\xc3"]
 
 
+def refused_in_one_line(path, err: UserError, width: int) -> None:
+    """A file refused as the rule asks: one line that names the file first, of bounded length; the
+    hypothesis event is the message's kind (digits folded) after the path."""
+    msg = str(err)
+    note(msg)
+    assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
+    event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:width])
+
+
 def _with_bytes(text: str, draw) -> bytes:
     """The text as UTF-8, sometimes with odd bytes spliced in at a line start or end."""
     raw = text.encode("utf-8")
@@ -224,10 +233,7 @@ def test_fuzzed_kb_file_gives_words_per_class_or_one_error_line(tmp_path_factory
     try:
         words = read_kb_file(path, KB_CLASSES)
     except UserError as e:
-        msg = str(e)
-        note(msg)
-        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
-        event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:24])
+        refused_in_one_line(path, e, 24)
         return
     assert list(words) == KB_CLASSES
     for ws in words.values():  # every class has words, none blank or made of separators only
@@ -295,10 +301,7 @@ def test_fuzzed_dynsan_records_are_valid_or_one_error_line(tmp_path_factory, cas
     try:
         recs, _ = dyn_data.load_records({"name": "t", "kind": kind, "source": {"path": str(path)}})
     except UserError as e:
-        msg = str(e)
-        note(msg)
-        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
-        event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:32])
+        refused_in_one_line(path, e, 32)
         return
     seen = set()
     for r in recs:  # what tokenise_task relies on
@@ -344,10 +347,7 @@ def test_fuzzed_word_vectors_give_a_finite_table_or_one_error_line(tmp_path_fact
     try:
         wv = dyn_data.WordVectors(str(path), max_words=max_words, encoding=encoding)
     except UserError as e:
-        msg = str(e)
-        note(msg)
-        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 700, msg
-        event("refused: " + re.sub(r"\d+", "N", msg[len(str(path)) + 2:])[:28])
+        refused_in_one_line(path, e, 28)
         return
     assert wv.table.shape[0] == len(wv.vocab) and bool(torch.isfinite(wv.table).all())
     assert max_words is None or len(wv.vocab) <= max_words + 2
