@@ -90,6 +90,25 @@ def test_l_at_most_k_equals_full_attention():
     assert torch.allclose(out[0], _manual_block(gated, u[:1], [list(range(5))] * 2), atol=1e-5)
 
 
+def test_full_attention_drops_interior_padding():
+    """'all' attends among the valid tokens only, however the padding lies (concatenated passages pad
+    inside the sequence): the valid outputs equal those of the sequence with its padding cut out, and the
+    attended positions are the valid ones (the longest row's count; shorter rows' surplus marked -1)."""
+    torch.manual_seed(0)
+    full = block(conv=False, k=2, selection="all").eval()
+    u = torch.randn(2, 9, 8)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 1, 0, 1], [0, 1, 1, 0, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    out = full(u, mask)
+    assert full.last_selected.shape == (2, 2, 6)
+    assert full.last_selected[0, 0].tolist() == [0, 1, 4, 5, 6, 8]
+    assert full.last_selected[1, 1].tolist() == [1, 2, 6, -1, -1, -1]
+    for row in range(2):
+        keep = mask[row].nonzero().squeeze(1)
+        alone = full(u[row:row + 1, keep], torch.ones(1, len(keep), dtype=torch.bool))
+        assert torch.allclose(out[row, keep], alone[0], atol=1e-5)
+    assert torch.equal(out[~mask], u[~mask])                           # padding passes through unchanged
+
+
 def test_match_bias_links_occurrences_of_the_same_token():
     """``match_bias``: each head adds its learned b_h to the score of two selected occurrences of one token
     id (ids 0/1, padding and unknown, link nothing); without ids (encoder, passage block) nothing changes."""

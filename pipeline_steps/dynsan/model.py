@@ -82,22 +82,32 @@ class DynSABlock(nn.Module):
         b, length, d = p.shape
         dh = d // self.heads
         q, k, v = self.qkv(p).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, dh]
-        if self.selection == "all" or length <= self.k:
-            idx = torch.arange(length, device=p.device).expand(b, self.heads, length)
-            valid = mask[:, None, :].expand(b, self.heads, length)
+        shared = self.selection == "all" or length <= self.k  # every head attends among the same tokens
+        if shared:
+            # every valid token, padding dropped: the valid positions of each row first (in order), as
+            # many as the longest row has; concatenated passages are mostly padding, so this is what
+            # keeps full attention's cost at (valid tokens)^2 instead of (P * Lp)^2
+            n = max(int(mask.sum(-1).max()), 1)
+            order = (~mask).to(torch.int8).argsort(dim=-1, stable=True)[:, :n]        # [B, n]
+            idx = order[:, None, :].expand(b, self.heads, n)
+            valid = torch.gather(mask, 1, order)[:, None, :].expand(b, self.heads, n)
         else:
             scores = g if self.selection == "gated" else torch.rand(g.shape, device=p.device)
             idx, valid = select_positions(scores.detach(), mask, self.k)
         self.last_selected = torch.where(valid, idx, -1).detach()
         gather = idx[..., None].expand(-1, -1, -1, dh)
         qs, ks, vs = (torch.gather(t, 2, gather) for t in (q, k, v))
-        allowed = valid[:, :, None, :] & valid[:, :, :, None]  # [B, H, K', K']
-        allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=p.device)  # no empty rows
+        # a key mask ([B, H', 1, K'], broadcast over queries): a padding pick is never attended to; the
+        # padding picks' own rows are zeroed below; a row with no valid pick at all attends to everything
+        # (and is zeroed) rather than to nothing (NaN). H' = 1 when the heads share their tokens.
+        keys = valid[:, :1] if shared else valid
+        allowed = (keys | ~keys.any(-1, keepdim=True))[:, :, None, :]
         if self.match is not None and ids is not None:
-            tok = torch.gather(ids[:, None, :].expand(b, self.heads, length), 2, idx)   # [B, H, K']
+            tok = torch.gather(ids, 1, order)[:, None, :] if shared else \
+                torch.gather(ids[:, None, :].expand(b, self.heads, length), 2, idx)   # [B, H', K']
             # ids 0 and 1 are padding and out-of-vocabulary: they link nothing
-            same = ((tok[..., :, None] == tok[..., None, :]) & (tok[..., :, None] > 1)).to(qs.dtype)
-            bias = same * self.match.to(qs.dtype)[None, :, None, None]
+            same = (tok[..., :, None] == tok[..., None, :]) & (tok[..., :, None] > 1)  # [B, H', K', K']
+            bias = same.to(qs.dtype) * self.match.to(qs.dtype)[None, :, None, None]
             allowed = bias.masked_fill(~allowed, float("-inf"))
         a = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=allowed)
         a = a * valid[..., None]
