@@ -5,7 +5,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -88,6 +88,23 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, w
     shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919))
     return [batches[i] for i in shuffle.tolist()]
 
+class EpochSampler:
+    """The rows of each training step's batch: ``epoch_batches`` of (seed, epoch), one epoch cached.
+    ``lengths`` (or a count, for unbucketed batches of same-cost examples) of the training split."""
+
+    def __init__(self, lengths: np.ndarray | int, batch_size: int, seed: int, window: int = 0):
+        self.lengths = np.zeros(lengths, dtype=np.int64) if isinstance(lengths, (int, np.integer)) else lengths
+        self.batch_size, self.seed, self.window = batch_size, seed, window
+        self.per_epoch = len(epoch_batches(self.lengths, batch_size, seed, 0, window))  # the same for every epoch
+        self._epoch, self._batches = -1, []
+
+    def rows(self, step: int) -> np.ndarray:
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.window)
+        return self._batches[pos]
+
+
 def load_splits(tokenized: str, pad_id: int, splits=("train", "dev", "test")) -> dict[str, TokenizedSplit]:
     df = read_parquet(tokenized)
     return {s: TokenizedSplit.from_frame(df, s, pad_id) for s in splits}
@@ -145,6 +162,8 @@ class TrainState:
     best_step: int = 0
     elapsed: float = 0.0
     curve: list = field(default_factory=list)
+    train_seconds: float = 0.0      # wall time inside training steps (batching, forward, backward, update)
+    train_cpu_seconds: float = 0.0  # process CPU time of the same
 
 
 def lr_at(step: int, cfg: PromptTuningConfig) -> float:
@@ -179,19 +198,43 @@ def load_adam_state(optimizer, params: dict, state: dict[str, dict]) -> None:
                               "exp_avg_sq": st["exp_avg_sq"].to(p.device).clone()}
 
 
+class EMA:
+    """An exponential moving average of parameters (decay warmed up as ``(1 + t) / (10 + t)``): ``fit``
+    updates it after every step, evaluates and keeps the averaged weights (DynSAN, after QANet)."""
+
+    def __init__(self, params: dict, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, p in params.items():
+            self.shadow[n].lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def swap(self, params: dict) -> None:
+        """Exchange the live and the averaged weights (twice restores them)."""
+        for n, p in params.items():
+            tmp = p.detach().clone()
+            p.copy_(self.shadow[n])
+            self.shadow[n] = tmp
+
+
 class Checkpoint:
-    """Everything needed to resume bit-for-bit: trainable parameters, the best ones so far and
-    AdamW moments (safetensors), counters and curve (JSON). Written atomically, tensors first;
-    the batch sampler needs no state (it is a function of seed and step)."""
+    """Everything needed to resume bit-for-bit, in one safetensors file written atomically (a kill leaves
+    the previous checkpoint or the new one, never a mix): trainable parameters, the best ones so far,
+    AdamW/Adam moments, optional extra tensor groups (e.g. an EMA's ``ema``), and the counters and curve
+    (``TrainState``) in its metadata. The batch sampler needs no state (a function of seed and step)."""
 
     def __init__(self, path: str | Path):
-        self.tensors = Path(path)
-        self.state = self.tensors.with_suffix(".json")
+        self.path = Path(path)
 
     def exists(self) -> bool:
-        return self.tensors.exists() and self.state.exists()
+        return self.path.exists()
 
-    def save(self, params: dict, best: dict, optimizer, state: TrainState, tag: str) -> None:
+    def save(self, params: dict, best: dict, optimizer, state: TrainState, tag: str,
+             extra: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
         tensors, steps = {}, {}
         for name, p in params.items():
             tensors[f"param.{name}"] = p.data
@@ -200,50 +243,45 @@ class Checkpoint:
             tensors[f"opt.{name}.exp_avg"] = st["exp_avg"]
             tensors[f"opt.{name}.exp_avg_sq"] = st["exp_avg_sq"]
             steps[name] = st["step"]
-        save_tensors(tensors, self.tensors, metadata={"tag": tag, "step": state.step})
-        payload = {"tag": tag, "step": state.step, "best_score": state.best_score, "best_step": state.best_step,
-                   "elapsed": state.elapsed, "curve": state.curve, "opt_steps": steps}
-        with atomic_path(self.state) as tmp:
-            tmp.write_text(json.dumps(payload))
+        for group, values in (extra or {}).items():
+            tensors.update({f"{group}.{name}": t for name, t in values.items()})
+        save_tensors(tensors, self.path, metadata={"tag": tag, "state": asdict(state), "opt_steps": steps,
+                                                   "groups": sorted(extra or {})})
 
-    def load(self, params: dict, optimizer, tag: str) -> tuple[TrainState, dict]:
-        payload = json.loads(self.state.read_text())
-        tensors, meta = load_tensors(self.tensors)
-        if payload["tag"] != tag or meta.get("tag") != tag:
+    def load(self, params: dict, optimizer, tag: str, groups: tuple[str, ...] = ()) -> tuple[TrainState, dict, dict]:
+        """Restore ``params`` and ``optimizer``; returns (state, best parameters, extra groups). Everything is
+        checked before anything is changed: a checkpoint of other settings raises and leaves both alone."""
+        tensors, meta = load_tensors(self.path)
+        if meta.get("tag") != tag:
             raise RuntimeError("checkpoint belongs to other settings")
-        if meta.get("step") != payload["step"]:  # killed between the two writes: the files disagree
-            raise RuntimeError(f"checkpoint tensors (step {meta.get('step')}) and state (step {payload['step']}) differ")
         if {k.split(".", 1)[1] for k in tensors if k.startswith("param.")} != set(params):
             raise RuntimeError("checkpoint holds other parameters")
+        missing = set(groups) - set(meta.get("groups", []))
+        if missing:
+            raise RuntimeError(f"checkpoint lacks the tensor groups {sorted(missing)}")
+        for name, p in params.items():
+            if tensors[f"param.{name}"].shape != p.shape:
+                raise RuntimeError(f"checkpoint's '{name}' has shape {tuple(tensors[f'param.{name}'].shape)}")
         for name, p in params.items():
             p.data.copy_(tensors[f"param.{name}"])
         load_adam_state(optimizer, params, {
             name: {"step": step, "exp_avg": tensors[f"opt.{name}.exp_avg"],
-                   "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]} for name, step in payload["opt_steps"].items()})
-        state = TrainState(payload["step"], payload["best_score"], payload["best_step"],
-                           payload["elapsed"], payload["curve"])
-        return state, {name: tensors[f"best.{name}"] for name in params}
+                   "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]} for name, step in meta["opt_steps"].items()})
+        extra = {g: {name: tensors[f"{g}.{name}"].to(params[name].device) for name in params} for g in groups}
+        return TrainState(**meta["state"]), {name: tensors[f"best.{name}"] for name in params}, extra
 
     def remove(self) -> None:
-        self.tensors.unlink(missing_ok=True)
-        self.state.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
 
-def training_step(model, batch: dict, optimizer, params: dict, lr: float, grad_clip: float, *, amp=None,
-                  loss_fn: Callable | None = None, on_nan: str = "loss is {loss}") -> float:
-    """One optimizer step on one batch: forward (under ``amp``), loss, backward, clip, AdamW.
-
-    ``model(input_ids, attention_mask, mask_pos)`` returns class logits; ``loss_fn(logits, batch)``
-    defaults to cross-entropy on ``batch["labels"]`` (it may add terms, e.g. a regulariser).
-    Every parameter group gets ``lr`` times its ``lr_scale`` (1 by default). A non-finite loss
-    raises ``UserError(on_nan.format(loss=...))`` before any parameter changes. Returns the loss.
-    """
-    model.train()
+def optimizer_step(loss_of: Callable[[], torch.Tensor], optimizer, params: dict, lr: float, grad_clip: float,
+                   on_nan: str = "loss is {loss}") -> float:
+    """The project's one optimizer step: set the learning rate (times each group's ``lr_scale``, 1 by
+    default), compute ``loss_of()``, refuse a non-finite loss (``UserError(on_nan.format(loss=...))``,
+    before any parameter changes), backward, clip the gradient norm to ``grad_clip``, step. Returns the loss."""
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
-    with amp or torch.autocast("cpu", enabled=False):
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
-    loss = loss_fn(logits, batch) if loss_fn else F.cross_entropy(logits.float(), batch["labels"])
+    loss = loss_of()
     if not torch.isfinite(loss):
         raise UserError(on_nan.format(loss=loss.item()))
     optimizer.zero_grad(set_to_none=True)
@@ -253,18 +291,112 @@ def training_step(model, batch: dict, optimizer, params: dict, lr: float, grad_c
     return loss.item()
 
 
+def training_step(model, batch: dict, optimizer, params: dict, lr: float, grad_clip: float, *, amp=None,
+                  loss_fn: Callable | None = None, on_nan: str = "loss is {loss}") -> float:
+    """``optimizer_step`` for a classifier: ``model(input_ids, attention_mask, mask_pos)`` returns class
+    logits (forward under ``amp``); ``loss_fn(logits, batch)`` defaults to cross-entropy on
+    ``batch["labels"]`` (it may add terms, e.g. a regulariser)."""
+    def loss_of() -> torch.Tensor:
+        model.train()
+        with amp or torch.autocast("cpu", enabled=False):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
+        return loss_fn(logits, batch) if loss_fn else F.cross_entropy(logits.float(), batch["labels"])
+
+    return optimizer_step(loss_of, optimizer, params, lr, grad_clip, on_nan)
+
+
+def _snapshot(tensors: dict) -> dict:
+    return {n: t.detach().cpu().clone() for n, t in tensors.items()}
+
+
+def fit(params: dict, optimizer, *, steps: int, lr: Callable[[int], float], grad_clip: float,
+        loss_at: Callable[[int], torch.Tensor], dev_score: Callable[[int], float], eval_every: int,
+        eval_schedule: str = "fixed", checkpoint: Checkpoint | None = None, checkpoint_every: int = 0, tag: str = "",
+        describe: str = "training", metric: str = "score", nan_hint: str = "lower the learning rate or check the data",
+        ema: EMA | None = None, reseed: int | None = None, curve_loss: str = "last",
+        on_eval: Callable | None = None, stop_after: int | None = None) -> tuple[dict, TrainState]:
+    """The project's one training loop, resumable from ``checkpoint``.
+
+    Step ``s`` (0-based) trains on ``loss_at(s)`` (the caller draws the batch, e.g. with ``EpochSampler``,
+    and runs the model) at learning rate ``lr(s)``. ``dev_score(step)`` is computed every ``eval_every``
+    steps and at the end (``eval_schedule == "log"``: also at steps 1, 2, 4, ... below ``eval_every``,
+    curve points only); the best weights (earliest on ties) are kept. With ``ema`` the moving average is
+    updated after every step and is what is evaluated, kept and returned. ``reseed``: the global torch
+    seed is set to a function of (reseed, step) before each step, so dropout and random choices of a
+    resumed run are those of an uninterrupted one. ``curve_loss``: the curve's loss is the ``last`` step's
+    or the ``mean`` since the previous evaluation. ``stop_after``: return once a checkpoint at or after that
+    step is written (tests of resuming; ``state.step < steps`` then).
+
+    Returns (best weights by name, on CPU; ``TrainState`` with the curve and step timings).
+    """
+    state = TrainState()
+    best = _snapshot(ema.shadow if ema else params)
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            state, best, extra = checkpoint.load(params, optimizer, tag, ("ema",) if ema else ())
+            if ema:
+                ema.shadow = extra["ema"]
+            log.info("%s: resumed from checkpoint at step %d", describe, state.step)
+        except (RuntimeError, KeyError, ValueError, TypeError, UserError) as e:  # UserError: a damaged file
+            log.warning("%s: ignoring unusable checkpoint (%s)", describe, e)
+            state = TrainState()
+    t0 = time.perf_counter() - state.elapsed
+    losses: list[float] = []
+    progress = Progress(log, describe, total=steps, unit="steps")
+    while state.step < steps:
+        step = state.step
+        if reseed is not None:
+            torch.manual_seed(reseed * 7_919 + step)
+        ts, cs = time.perf_counter(), time.process_time()
+        loss = optimizer_step(lambda: loss_at(step), optimizer, params, lr(step), grad_clip,
+                              f"{describe}: loss is {{loss}} at step {step + 1}; {nan_hint}")
+        if ema:
+            ema.update(params, step)
+        state.train_seconds += time.perf_counter() - ts
+        state.train_cpu_seconds += time.process_time() - cs
+        losses.append(loss)
+        state.step = step = step + 1
+        progress.update(step, f"loss {loss:.4f}")
+        if is_eval_step(step, steps, eval_every, eval_schedule):
+            if ema:
+                ema.swap(params)
+            score_now = dev_score(step)
+            if ema:
+                ema.swap(params)
+            state.elapsed = time.perf_counter() - t0
+            shown = float(np.mean(losses)) if curve_loss == "mean" else losses[-1]
+            losses = []
+            state.curve.append({"step": step, "loss": shown, "dev_score": score_now,
+                                "elapsed_seconds": round(state.elapsed, 3)})
+            selectable = step % eval_every == 0 or step == steps  # not the log points
+            if selectable and score_now > state.best_score:
+                state.best_score, state.best_step = score_now, step
+                best = _snapshot(ema.shadow if ema else params)
+            log.info("%s: step %d/%d loss %.4f dev %s %.4f (best %.4f @ %d) %.1fs", describe, step, steps, shown,
+                     metric, score_now, state.best_score, state.best_step, state.elapsed)
+            progress.seen()
+            if on_eval:
+                on_eval(state)
+        if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            state.elapsed = time.perf_counter() - t0
+            checkpoint.save(params, best, optimizer, state, tag, {"ema": ema.shadow} if ema else None)
+            if stop_after is not None and step >= stop_after:
+                log.info("%s: stopping after step %d as asked (checkpoint kept)", describe, step)
+                return best, state
+    state.elapsed = time.perf_counter() - t0
+    return best, state
+
+
 def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptTuningConfig, *, seed: int,
                  metric: str, device, checkpoint: Checkpoint | None = None, tag: str = "", describe: str = "",
                  amp=None, on_eval: Callable | None = None, optimizer_state: dict | None = None,
                  lr_scales: dict[str, float] | None = None):
-    """Train the parameters of ``model`` that require grad; everything else stays frozen.
+    """Train the parameters of ``model`` that require grad with ``fit``; everything else stays frozen.
 
     ``model(input_ids, attention_mask, mask_pos)`` returns class logits. Batches are drawn
-    epoch-wise from seeded permutations; the dev score is computed every ``eval_every`` steps
-    and at the end; the best parameters (earliest on ties) are kept. With ``cfg.eval_schedule ==
-    "log"`` the dev score is also computed at steps 1, 2, 4, ... below ``eval_every``: those
-    points go into the curve only, so the kept parameters are the same as with ``fixed``. ``optimizer_state``
-    (from ``adam_state``) starts AdamW from carried-over moments (progressive training).
+    epoch-wise from seeded permutations (``EpochSampler``, length-bucketed with ``cfg.bucket_batches``);
+    the dev score is ``metric`` on ``dev`` (see ``fit`` for the schedule and the kept weights).
+    ``optimizer_state`` (from ``adam_state``) starts AdamW from carried-over moments (progressive training).
     ``lr_scales`` maps parameter names to a factor on ``cfg.lr`` (their own AdamW parameter
     group, e.g. KPT's label-word weights); every other parameter gets ``cfg.lr``.
 
@@ -285,54 +417,25 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
         optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         load_adam_state(optimizer, params, optimizer_state)
-    state = TrainState()
-    best = {n: p.detach().clone().cpu() for n, p in params.items()}
-    if checkpoint is not None and checkpoint.exists():
-        try:
-            state, best = checkpoint.load(params, optimizer, tag)
-            log.info("%s: resumed from checkpoint at step %d", describe, state.step)
-        except (RuntimeError, KeyError, ValueError, UserError) as e:  # UserError: a torn tensors file
-            log.warning("%s: ignoring unusable checkpoint (%s)", describe, e)
-            state = TrainState()
     num_classes = model.verbalizer.num_classes
-    # the sampler is a pure function of (seed, step): epoch e uses its own seeded batches
-    # (epoch_batches), so a resumed run draws exactly the batches an uninterrupted one would
-    lengths = train.lengths()
-    per_epoch = len(epoch_batches(lengths, cfg.batch_size, seed, 0, cfg.bucket_batches))
-    batches, order_epoch = None, -1
-    t0 = time.perf_counter() - state.elapsed
-    last_loss = float("nan")
-    progress = Progress(log, describe or "training", total=cfg.steps, unit="steps")
-    while state.step < cfg.steps:
-        epoch, pos = divmod(state.step, per_epoch)
-        if epoch != order_epoch:
-            batches, order_epoch = epoch_batches(lengths, cfg.batch_size, seed, epoch, cfg.bucket_batches), epoch
-        rows = batches[pos]
-        last_loss = training_step(model, train.batch(rows, device), optimizer, params, lr_at(state.step, cfg),
-                                  cfg.grad_clip, amp=amp,
-                                  on_nan=f"{describe}: loss is {{loss}} at step {state.step + 1}; "
-                                         f"lower the learning rate (now {cfg.lr}) or check the data")
-        state.step += 1
-        progress.update(state.step, f"loss {last_loss:.4f}")
-        if is_eval_step(state.step, cfg.steps, cfg.eval_every, getattr(cfg, "eval_schedule", "fixed")):
-            logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)
-            dev_score = score(logits.argmax(1), dev.labels, metric, num_classes)
-            state.elapsed = time.perf_counter() - t0
-            state.curve.append({"step": state.step, "loss": last_loss, "dev_score": dev_score,
-                                "elapsed_seconds": round(state.elapsed, 3)})
-            selectable = state.step % cfg.eval_every == 0 or state.step == cfg.steps  # not the log points
-            if selectable and dev_score > state.best_score:
-                state.best_score, state.best_step = dev_score, state.step
-                best = {n: p.detach().clone().cpu() for n, p in params.items()}
-            log.info("%s: step %d/%d loss %.4f dev %s %.4f (best %.4f @ %d) %.1fs", describe, state.step,
-                     cfg.steps, last_loss, metric, dev_score, state.best_score, state.best_step, state.elapsed)
-            progress.seen()
-            if on_eval:
-                on_eval(state)
-        if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
-            state.elapsed = time.perf_counter() - t0
-            checkpoint.save(params, best, optimizer, state, tag)
-    state.elapsed = time.perf_counter() - t0
+    sampler = EpochSampler(train.lengths(), cfg.batch_size, seed, cfg.bucket_batches)
+
+    def loss_at(step: int) -> torch.Tensor:
+        batch = train.batch(sampler.rows(step), device)
+        model.train()
+        with amp or torch.autocast("cpu", enabled=False):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    def dev_score(step: int) -> float:
+        logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)
+        return score(logits.argmax(1), dev.labels, metric, num_classes)
+
+    best, state = fit(params, optimizer, steps=cfg.steps, lr=lambda s: lr_at(s, cfg), grad_clip=cfg.grad_clip,
+                      loss_at=loss_at, dev_score=dev_score, eval_every=cfg.eval_every,
+                      eval_schedule=getattr(cfg, "eval_schedule", "fixed"), checkpoint=checkpoint,
+                      checkpoint_every=cfg.checkpoint_every, tag=tag, describe=describe or "training", metric=metric,
+                      nan_hint=f"lower the learning rate (now {cfg.lr}) or check the data", on_eval=on_eval)
     return best, state, adam_state(optimizer, params)
 
 

@@ -50,7 +50,7 @@ def test_dynsan_target_then_incremental_changes(workdir):
     runs = table[~table["variant"].str.startswith("baseline")]
     assert (runs["params"] > 0).all() and (runs["step_seconds"] > 0).all() and (runs["peak_memory_mb"] > 0).all()
     assert (runs["train_cpu_seconds"] > 0).all() and (runs["step_cpu_seconds"] > 0).all()  # CPU beside wall time
-    assert runs["settings_hash"].nunique() == 4
+    assert runs["config_hash"].nunique() == 4
     # the seed statistics of the main score, and what the gated heads attended among
     assert (runs["score"] == runs["accuracy"].fillna(runs["f1"])).all() and (runs["n_seeds"] == 1).all()
     assert runs["score_ci_low"].isna().all()  # one seed: no interval

@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline_steps.errors import UserError
 from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec
 from pipeline_steps.io import load_tensors, read_parquet
 from pipeline_steps.runtime import load_bundle
@@ -79,8 +80,8 @@ def _train_process(workdir: Path) -> int | None:
 
 def _ckpt_step(workdir: Path) -> int:
     try:
-        return json.loads((workdir / f"{CKPT}.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
+        return load_tensors(workdir / f"{CKPT}.safetensors")[1]["state"]["step"]
+    except (OSError, ValueError, KeyError, UserError):
         return -1
 
 
@@ -168,13 +169,13 @@ def test_killed_training_resumes_from_checkpoint_to_the_same_prompt(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(wd / FINAL[1])[cols], pd.read_parquet(wd / "ref/curve.parquet")[cols])
 
 
-# --- a checkpoint torn by a kill between its two files ----------------------------------------------------
+# --- a checkpoint is one file: a kill leaves a whole one; a damaged one is not resumed ---------------------
 
 WORDS = {"negative": ["bad", "terrible"], "positive": ["good", "great"]}
 TASK = {"name": "toy", "label_words": WORDS, "label_names": ["negative", "positive"], "metric": "accuracy"}
 
 
-def test_checkpoint_torn_between_its_two_files_is_not_resumed(tiny_spec, tmp_path):
+def test_damaged_checkpoint_is_not_resumed_and_a_later_one_is(tiny_spec, tmp_path):
     from test_prompt_tuning import make_model, toy_split
 
     bert = load_bundle(tiny_spec("bert"))
@@ -195,12 +196,16 @@ def test_checkpoint_torn_between_its_two_files_is_not_resumed(tiny_spec, tmp_pat
     for ck, stop in ((at4, 8), (at8, 12)):  # stopped at an evaluation: the last checkpoint is 4 steps earlier
         with pytest.raises(KeyboardInterrupt):
             run(ck, stop_at=stop)
-    # a kill after the tensors of step 8 were written but before the state of step 8 was
-    at4.tensors.write_bytes(at8.tensors.read_bytes())
-    assert json.loads(at4.state.read_text())["step"] == 4 and json.loads(at8.state.read_text())["step"] == 8
+    # one file holds tensors and counters: swapping in the later checkpoint resumes from step 8
+    assert load_tensors(at4.path)[1]["state"]["step"] == 4 and load_tensors(at8.path)[1]["state"]["step"] == 8
+    at4.path.write_bytes(at8.path.read_bytes())
     best, state, last = run(at4)
     assert torch.equal(last, last_ref) and torch.equal(best, best_ref)
     assert [(r["loss"], r["dev_score"]) for r in state.curve] == [(r["loss"], r["dev_score"]) for r in state_ref.curve]
+    # a damaged file (cut short) is ignored: training starts afresh and ends where the reference did
+    at8.path.write_bytes(at8.path.read_bytes()[:-100])
+    best, state, last = run(at8)
+    assert torch.equal(last, last_ref) and torch.equal(best, best_ref) and len(state.curve) == len(state_ref.curve)
 
 
 # --- concurrent writers ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ SELECTION_COLUMNS = ["selected_fraction", "answer_share_selected", "answer_share
                      "question_share_selected", "question_share_all", "question_enrichment"]
 RESULT_COLUMNS = ["task", "kind", "variant", "seed", "em", "f1", "accuracy", "n_test", "params", "train_seconds",
                   "step_seconds", "train_cpu_seconds", "step_cpu_seconds", "peak_memory_mb", "best_step",
-                  "settings_hash", *SELECTION_COLUMNS, *NOTE_COLUMNS]  # + score and its seed statistics
+                  "config_hash", *SELECTION_COLUMNS, *NOTE_COLUMNS]  # + score and its seed statistics
 
 
 def word_overlap_choice(row) -> int:
@@ -71,7 +71,7 @@ def summarise(*, runs: list[dict], tokens: dict, efficiency: str | None, table: 
                      "params": meta["params"], "train_seconds": meta["train_seconds"],
                      "step_seconds": meta["step_seconds"], "train_cpu_seconds": meta.get("train_cpu_seconds"),
                      "step_cpu_seconds": meta.get("step_cpu_seconds"), "peak_memory_mb": meta["peak_memory_mb"],
-                     "best_step": meta["best_step"], "settings_hash": meta["settings_hash"],
+                     "best_step": meta["best_step"], "config_hash": meta["config_hash"],
                      **{c: sc.get("selection", {}).get(c) for c in SELECTION_COLUMNS}})
     for task, path in sorted(tokens.items()):
         rows.extend(baselines(task, path))

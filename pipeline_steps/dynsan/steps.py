@@ -13,7 +13,8 @@ import torch
 from ..errors import UserError
 from ..io import load_tensors, read_parquet, save_tensors, stable_hash, write_json, write_parquet
 from ..logsetup import Progress
-from ..runtime import resolve_device, seed_everything, set_threads
+from ..runtime import autocast, resolve_device, seed_everything, set_threads
+from ..training import EMA, Checkpoint, EpochSampler, fit, trainable
 from .config import ModelConfig, TrainConfig
 from .metrics import best_over_golds, exact_match, f1
 from .model import DynSABlock, DynSAN, best_spans, candidate_log_probs, candidate_loss, span_marginal_loss
@@ -243,76 +244,23 @@ def main_score(scores: dict) -> float:
 
 # --- training ------------------------------------------------------------------------------------------
 
-class EMA:
-    """Exponential moving average of the trainable weights; decay min(decay, (1+t)/(10+t)) so that
-    short runs are not dominated by the initial weights."""
-
-    def __init__(self, params: dict, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in params.items()}
-
-    @torch.no_grad()
-    def update(self, params: dict, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for n, p in params.items():
-            self.shadow[n].lerp_(p.detach(), 1 - d)
-
-    @torch.no_grad()
-    def swap(self, params: dict) -> None:
-        for n, p in params.items():
-            tmp = p.detach().clone()
-            p.copy_(self.shadow[n])
-            self.shadow[n] = tmp
-
-
 def _device(device: str) -> torch.device:
     """The project's device resolution (a clear error without CUDA; the test-only CPU fallback)."""
     return resolve_device({"device": device, "name": "dynsan (dynsan.device)"})
 
 
 def _amp(device: torch.device, dtype: str):
-    if device.type == "cuda" and dtype in ("bfloat16", "float16"):
-        return torch.autocast("cuda", dtype=getattr(torch, dtype))
-    return torch.autocast("cpu", enabled=False)
-
-
-def _save_checkpoint(path: str, params: dict, optimizer, ema: EMA, best: dict, state: dict, tag: str) -> None:
-    tensors = {}
-    for n, p in params.items():
-        tensors[f"param.{n}"] = p.data
-        tensors[f"ema.{n}"] = ema.shadow[n]
-        tensors[f"best.{n}"] = best[n]
-        st = optimizer.state.get(p)
-        if st:
-            tensors[f"opt.{n}.exp_avg"] = st["exp_avg"]
-            tensors[f"opt.{n}.exp_avg_sq"] = st["exp_avg_sq"]
-            state.setdefault("opt_steps", {})[n] = float(st["step"])
-    save_tensors(tensors, path, metadata={"tag": tag, "state": state})  # one file: never torn
-
-
-def _load_checkpoint(path: str, params: dict, optimizer, ema: EMA, tag: str) -> tuple[dict, dict]:
-    tensors, meta = load_tensors(path)
-    if meta.get("tag") != tag:
-        raise RuntimeError("checkpoint belongs to other settings")
-    state = meta["state"]
-    best = {}
-    for n, p in params.items():
-        p.data.copy_(tensors[f"param.{n}"])
-        ema.shadow[n] = tensors[f"ema.{n}"].to(p.device)
-        best[n] = tensors[f"best.{n}"]
-        if f"opt.{n}.exp_avg" in tensors:
-            optimizer.state[p] = {"step": torch.tensor(state["opt_steps"][n]),
-                                  "exp_avg": tensors[f"opt.{n}.exp_avg"].to(p.device),
-                                  "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].to(p.device)}
-    return state, best
+    """The project's one mixed-precision policy (``runtime.autocast``)."""
+    return autocast({"dtype": dtype, "name": "dynsan (dynsan.dtype)"}, device)
 
 
 def train(*, task: str, variant: str, kind: str, model_settings: dict, train_settings: dict, passages: int,
           seed: int, tokens: str, vocab: str, weights: str, curve: str, meta: str, checkpoint: str,
           device: str = "cpu", dtype: str = "float32", threads: int = 1, stop_after: int | None = None) -> None:
-    """Train one (task, variant, seed); resumable from ``checkpoint`` (written every
-    ``checkpoint_every`` steps, removed at the end). ``stop_after``: end the process after that
-    many steps, leaving the checkpoint (tests of resuming)."""
+    """Train one (task, variant, seed) with the project's training loop (``training.fit``: Adam, warmup,
+    clipping, an EMA of the weights evaluated and kept, best by dev score); resumable from ``checkpoint``
+    (written every ``checkpoint_every`` steps, removed at the end). ``stop_after``: end the process after
+    that many steps, leaving the checkpoint (tests of resuming)."""
     from ..flops import peak_memory
 
     set_threads(threads)
@@ -327,103 +275,52 @@ def train(*, task: str, variant: str, kind: str, model_settings: dict, train_set
     torch.manual_seed(seed)
     model, vmeta = build_model(model_settings, vocab, kind)
     model.to(dev)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = trainable(model)
     optimizer = torch.optim.Adam(list(params.values()), lr=tcfg.lr)
-    ema = EMA(params, tcfg.ema_decay)
     amp = _amp(dev, dtype)
-    tag = stable_hash([task, variant, kind, model_settings, train_settings, passages, seed, vmeta.get("spec_hash")])
-    state = {"step": 0, "best_score": -1.0, "best_step": 0, "elapsed": 0.0, "train_seconds": 0.0,
-             "train_cpu_seconds": 0.0, "curve": []}
-    best = {n: p.detach().cpu().clone() for n, p in ema.shadow.items()}
-    if Path(checkpoint).exists():
-        try:
-            state, best = _load_checkpoint(checkpoint, params, optimizer, ema, tag)
-            log.info("%s/%s: resumed from checkpoint at step %d", task, variant, state["step"])
-        except (RuntimeError, KeyError, UserError) as e:
-            log.warning("%s/%s: ignoring unusable checkpoint (%s)", task, variant, e)
-    per_epoch = max(1, len(train_q) // tcfg.batch_size)
-    order, order_epoch = None, -1
-    t0 = time.perf_counter() - state["elapsed"]
-    step_time, step_cpu, losses = 0.0, 0.0, []
-    describe = f"dynsan {task}/{variant} seed {seed}"
-    progress = Progress(log, describe, total=tcfg.steps, unit="steps")
-    with peak_memory(dev) as mem:
-        while state["step"] < tcfg.steps:
-            step = state["step"]
-            epoch, pos = divmod(step, per_epoch)
-            if epoch != order_epoch:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-                order, order_epoch = torch.randperm(len(train_q), generator=g), epoch
-            rows = order[pos * tcfg.batch_size:(pos + 1) * tcfg.batch_size].tolist()
-            torch.manual_seed(seed * 7_919 + step)  # dropout and random selection: a function of (seed, step)
-            ts, cs = time.perf_counter(), time.process_time()
-            batch = train_q.batch(rows, dev)
-            model.train()
-            for gr in optimizer.param_groups:
-                gr["lr"] = tcfg.lr * min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else tcfg.lr
-            with amp:
-                out = model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
-            loss = task_loss(model, out, batch)
-            if tcfg.beta:
-                loss = loss + tcfg.beta * model.gate_l1()
-            if not torch.isfinite(loss):
-                raise UserError(f"{task}/{variant}: loss is {loss.item()} at step {step + 1}; lower train.lr "
-                                f"(now {tcfg.lr}) or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), tcfg.grad_clip)
-            optimizer.step()
-            ema.update(params, step)
-            losses.append(loss.item())
-            step_time += time.perf_counter() - ts
-            step_cpu += time.process_time() - cs
-            state["step"] = step = step + 1
-            progress.update(step, f"loss {np.mean(losses):.4f} since the last evaluation")
-            if step % tcfg.eval_every == 0 or step == tcfg.steps:
-                ema.swap(params)
-                pred = predict(model, dev_q, tcfg.eval_batch_size, dev, tcfg.max_answer_length, amp, tcfg.eval_max,
-                               describe=f"{describe}: dev at step {step}")
-                ema.swap(params)
-                sc = summary_scores(pred, kind)
-                score = main_score(sc)
-                state["elapsed"] = time.perf_counter() - t0
-                state["curve"].append({"step": step, "loss": float(np.mean(losses)) if losses else float("nan"),
-                                       "dev_score": score, "elapsed_seconds": round(state["elapsed"], 3)})
-                losses = []
-                if score > state["best_score"]:
-                    state["best_score"], state["best_step"] = score, step
-                    best = {n: t.detach().cpu().clone() for n, t in ema.shadow.items()}
-                log.info("%s/%s seed %d: step %d/%d loss %.4f dev %.2f (best %.2f @ %d) %.1fs", task, variant, seed,
-                         step, tcfg.steps, state["curve"][-1]["loss"], score, state["best_score"],
-                         state["best_step"], state["elapsed"])
-                progress.seen()
-            if step % tcfg.checkpoint_every == 0 and step < tcfg.steps:
-                state["elapsed"] = time.perf_counter() - t0
-                state["train_seconds"] = state.get("train_seconds", 0.0) + step_time
-                state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + step_cpu
-                step_time = step_cpu = 0.0
-                _save_checkpoint(checkpoint, params, optimizer, ema, best, state, tag)
-                if stop_after is not None and step >= stop_after:
-                    log.info("stopping after step %d as asked (checkpoint kept)", step)
-                    return
-    steps_run = tcfg.steps
-    train_seconds = state.get("train_seconds", 0.0) + step_time
-    train_cpu_seconds = state.get("train_cpu_seconds", 0.0) + step_cpu
-    n_params = sum(p.numel() for p in params.values())
     settings = {"task": task, "variant": variant, "kind": kind, "model": model_settings, "train": train_settings,
                 "passages": passages, "seed": seed}
-    provenance = {"settings": settings, "settings_hash": stable_hash(settings), "vocab_spec_hash": vmeta.get("spec_hash"),
-                  "embedding": vmeta.get("embedding"), "best_step": state["best_step"], "weights": "ema_best_dev"}
+    config_hash = stable_hash([settings, vmeta.get("spec_hash")])
+    sampler = EpochSampler(len(train_q), tcfg.batch_size, seed)
+    describe = f"dynsan {task}/{variant} seed {seed}"
+
+    def loss_at(step: int) -> torch.Tensor:
+        batch = train_q.batch(sampler.rows(step).tolist(), dev)
+        model.train()
+        with amp:
+            out = model(batch["q_ids"], batch["q_mask"], batch["p_ids"], batch["p_mask"])
+        loss = task_loss(model, out, batch)
+        return loss + tcfg.beta * model.gate_l1() if tcfg.beta else loss
+
+    def dev_score(step: int) -> float:
+        pred = predict(model, dev_q, tcfg.eval_batch_size, dev, tcfg.max_answer_length, amp, tcfg.eval_max,
+                       describe=f"{describe}: dev at step {step}")
+        return main_score(summary_scores(pred, kind))
+
+    ckpt = Checkpoint(checkpoint)
+    with peak_memory(dev) as mem:
+        best, state = fit(params, optimizer, steps=tcfg.steps, grad_clip=tcfg.grad_clip,
+                          lr=lambda s: tcfg.lr * min(1.0, (s + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else tcfg.lr,
+                          loss_at=loss_at, dev_score=dev_score, eval_every=tcfg.eval_every, checkpoint=ckpt,
+                          checkpoint_every=tcfg.checkpoint_every, tag=config_hash, describe=describe,
+                          metric="accuracy" if kind == "candidates" else "F1",
+                          nan_hint=f"lower train.lr (now {tcfg.lr}) or check the data",
+                          ema=EMA(params, tcfg.ema_decay), reseed=seed, curve_loss="mean", stop_after=stop_after)
+    if state.step < tcfg.steps:  # stopped early as asked
+        return
+    n_params = sum(p.numel() for p in params.values())
+    provenance = {"settings": settings, "config_hash": config_hash, "vocab_spec_hash": vmeta.get("spec_hash"),
+                  "embedding": vmeta.get("embedding"), "best_step": state.best_step, "weights": "ema_best_dev"}
     save_tensors(best, weights, metadata=provenance)
-    write_parquet(pd.DataFrame(state["curve"], columns=["step", "loss", "dev_score", "elapsed_seconds"]), curve,
+    write_parquet(pd.DataFrame(state.curve, columns=["step", "loss", "dev_score", "elapsed_seconds"]), curve,
                   metadata=provenance)
-    write_json(dict(provenance, params=n_params, steps=steps_run, best_dev_score=state["best_score"],
-                    train_seconds=round(train_seconds, 3), step_seconds=train_seconds / steps_run,
-                    train_cpu_seconds=round(train_cpu_seconds, 3), step_cpu_seconds=train_cpu_seconds / steps_run,
-                    wall_seconds=round(time.perf_counter() - t0, 3),
+    write_json(dict(provenance, params=n_params, steps=state.step, best_dev_score=state.best_score,
+                    train_seconds=round(state.train_seconds, 3), step_seconds=state.train_seconds / state.step,
+                    train_cpu_seconds=round(state.train_cpu_seconds, 3),
+                    step_cpu_seconds=state.train_cpu_seconds / state.step, wall_seconds=round(state.elapsed, 3),
                     peak_memory_mb=round(mem.peak_mb, 1) if math.isfinite(mem.peak_mb) else None,
                     memory_method=mem.method, device=str(dev)), meta)
-    Path(checkpoint).unlink(missing_ok=True)
+    ckpt.remove()
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
@@ -448,13 +345,13 @@ def evaluate(*, weights: str, tokens: str, vocab: str, predictions: str, scores:
     pred = predict(model, data, tcfg.eval_batch_size, dev, tcfg.max_answer_length, _amp(dev, dtype),
                    describe=f"dynsan {s['task']}/{s['variant']} seed {s['seed']}: {split}", selection=counts)
     sc = dict(summary_scores(pred, s["kind"]), split=split, task=s["task"], variant=s["variant"], seed=s["seed"],
-              unanswerable=int((~df[df["split"] == split]["answerable"]).sum()), settings_hash=prov["settings_hash"],
+              unanswerable=int((~df[df["split"] == split]["answerable"]).sum()), config_hash=prov["config_hash"],
               selection=selection_shares(counts))
     log.info("%s/%s seed %d %s: %s", s["task"], s["variant"], s["seed"], split, sc)
     gate_rows = gate_table(model, Questions(df[df["split"] == "dev"], s["passages"], s["kind"]), vmeta["tokens"],
                            gate_examples, dev)
-    write_parquet(pred, predictions, metadata={"weights": weights, "settings_hash": prov["settings_hash"]})
-    write_parquet(gate_rows, gates, metadata={"weights": weights, "settings_hash": prov["settings_hash"]})
+    write_parquet(pred, predictions, metadata={"weights": weights, "config_hash": prov["config_hash"]})
+    write_parquet(gate_rows, gates, metadata={"weights": weights, "config_hash": prov["config_hash"]})
     write_json(sc, scores)
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..io import load_tensors, save_tensors
-from ..training import TokenizedSplit, lr_at, predict, score, trainable, training_step
+from ..training import EpochSampler, TokenizedSplit, lr_at, optimizer_step, predict, score, trainable, training_step
 from .config import ProjectorConfig
 from .model import ProjectedPromptModel, PromptProjector
 
@@ -36,25 +36,13 @@ def fit_distance(projector: PromptProjector, sources: torch.Tensor, targets: tor
     curve = [{"step": 0, "loss": loss_now()}]
     projector.train()
     for step in range(cfg.steps):
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        loss = F.mse_loss(projector(sources), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(lambda: F.mse_loss(projector(sources), targets), optimizer, params, lr_at(step, cfg),
+                       cfg.grad_clip, "projector (distance): loss is {loss} at step %d; lower its learning rate "
+                                      "(now %g)" % (step + 1, cfg.lr))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             curve.append({"step": step + 1, "loss": loss_now()})
     projector.eval()
     return curve
-
-
-def _rows(n: int, batch_size: int, seed: int, k: int) -> np.ndarray:
-    """Rows of the ``k``-th batch of a split of ``n`` examples: epoch-wise seeded permutations."""
-    per_epoch = max(1, n // batch_size)
-    epoch, pos = divmod(k, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)[pos * batch_size:(pos + 1) * batch_size].numpy()
 
 
 def _dev_eval(models: dict, dev: dict, metrics: dict, cfg: ProjectorConfig, device, amp) -> dict:
@@ -107,11 +95,12 @@ def fit_task(models: dict[str, ProjectedPromptModel], train: dict[str, Tokenized
                  row["train_loss"], row["dev_loss"], row["dev_score"],
                  ", ".join(f"{t} {r[1]:.3f}" for t, r in res.items()))
 
+    samplers = [EpochSampler(len(train[task]), cfg.batch_size, seed * 7919 + t) for t, task in enumerate(tasks)]
     evaluate(0)
     for step in range(cfg.steps):
         t = step % len(tasks)
         task = tasks[t]
-        rows = _rows(len(train[task]), cfg.batch_size, seed * 7919 + t, step // len(tasks))
+        rows = samplers[t].rows(step // len(tasks))
         losses.append(training_step(
             models[task], train[task].batch(rows, device), optimizer, params, lr_at(step, cfg), cfg.grad_clip,
             amp=amp, on_nan=f"{describe}: loss is {{loss}} at step {step + 1} (task {task}); "
