@@ -1,7 +1,6 @@
 """Batching, evaluation and the resumable prompt-training loop."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .io import atomic_path, load_tensors, read_parquet, save_tensors
+from .io import load_tensors, read_parquet, save_tensors
 from .logsetup import Progress
 from .prompt_tuning.config import PromptTuningConfig
 from .stats import is_eval_step

@@ -78,7 +78,8 @@ def main() -> int:
     from pipeline_steps.fpt import steps as fpt_steps
     from pipeline_steps.lpt import report as lpt_report
     from pipeline_steps.prompt_tuning import steps as source_prompts
-    from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec
+    from pipeline_steps.config import load_config
+    from pipeline_steps.specs import model_spec, pt_settings, task_spec
     from pipeline_steps.data import prepare, tokenize
     from pipeline_steps.models.build import build_tiny
     from pipeline_steps.runtime import setup_logging

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_steps.config import load_config, task_spec  # noqa: E402
+from pipeline_steps.config import load_config  # noqa: E402
+from pipeline_steps.specs import task_spec
 from pipeline_steps.data import prepare, tokenize  # noqa: E402
 from pipeline_steps.io import save_tensors  # noqa: E402
 from pipeline_steps.models.registry import load_hf_model  # noqa: E402

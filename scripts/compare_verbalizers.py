@@ -21,7 +21,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_steps.config import load_config, pt_settings, task_spec  # noqa: E402
+from pipeline_steps.config import load_config  # noqa: E402
+from pipeline_steps.specs import pt_settings, task_spec
 from pipeline_steps.data import prepare, tokenize  # noqa: E402
 from pipeline_steps.runtime import load_bundle, set_threads, setup_logging  # noqa: E402
 from pipeline_steps.training import load_splits, pad_id  # noqa: E402

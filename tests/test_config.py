@@ -3,7 +3,8 @@ import copy
 import pytest
 import yaml
 
-from pipeline_steps.config import load_config, pt_settings, task_spec
+from pipeline_steps.config import load_config
+from pipeline_steps.specs import pt_settings, task_spec
 from pipeline_steps.errors import UserError
 
 

@@ -4,7 +4,8 @@ import hashlib
 import pandas as pd
 import pytest
 
-from pipeline_steps.config import load_config, task_spec
+from pipeline_steps.config import load_config
+from pipeline_steps.specs import task_spec
 from pipeline_steps.data import demo, prepare
 from pipeline_steps.errors import UserError
 from pipeline_steps.io import parquet_provenance, read_parquet

@@ -586,7 +586,8 @@ def test_efficiency_sweep_table(tmp_path):
 
 
 def test_config_cross_checks(minimal_config):
-    from pipeline_steps.config import dynsan_settings, load_config
+    from pipeline_steps.config import load_config
+    from pipeline_steps.dynsan.config import dynsan_settings
 
     cfg = dict(minimal_config, dynsan={"run": {"tasks": ["b"], "variants": ["dynsan", "rk"]},
                                        "tasks": {"b": {"source": {"demo": "bridge"}}},

@@ -90,10 +90,9 @@ def test_unequal_totals_fail_fast(tmp_path):
 ])
 def test_config_cross_checks(change, message):
     from pipeline_steps.config import load_config
-    from pipeline_steps.config import check_efficient
     from pipeline_steps.errors import UserError
 
     cfg = copy.deepcopy(CONFIG)
     change(cfg)
     with pytest.raises(UserError, match=message):
-        check_efficient(load_config(cfg))
+        load_config(cfg)

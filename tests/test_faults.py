@@ -26,7 +26,8 @@ import torch
 import yaml
 
 from pipeline_steps.errors import UserError
-from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec
+from pipeline_steps.config import load_config
+from pipeline_steps.specs import model_spec, pt_settings, task_spec
 from pipeline_steps.io import load_tensors, read_parquet
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.training import Checkpoint, train_prompt

@@ -26,8 +26,10 @@ import yaml
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import event, given, note, strategies as st  # noqa: E402
 
+from pipeline_steps import checks as checks_mod  # noqa: E402
 from pipeline_steps import config as config_mod  # noqa: E402
-from pipeline_steps.config import load_config, model_spec, pt_settings, task_spec  # noqa: E402
+from pipeline_steps.config import load_config  # noqa: E402
+from pipeline_steps.specs import model_spec, pt_settings, task_spec
 from pipeline_steps.errors import UserError  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub model in a fuzzed grid must fail fast, offline
@@ -297,9 +299,9 @@ def test_the_two_issue_classes_are_refused_naming_the_key(tmp_path):
     ("{text_a} {mask} }", 1, "not a valid template"),
 ])
 def test_template_problems(template, fields, fragment):
-    problem = config_mod.template_problem(template, fields)
+    problem = checks_mod.template_problem(template, fields)
     assert problem and fragment in problem, problem
-    assert config_mod.template_problem("{text_a} {{literal}} {mask}", 1) is None
+    assert checks_mod.template_problem("{text_a} {{literal}} {mask}", 1) is None
 
 
 def test_finite_walk_names_the_path_in_any_section():
@@ -374,7 +376,7 @@ def section_preflight(cfg: dict) -> str:
     """Build and run what the DynSAN and KPT jobs build; returns what was run (for the statistics)."""
     import torch
 
-    from pipeline_steps.config import dynsan_settings
+    from pipeline_steps.dynsan.config import dynsan_settings
     from pipeline_steps.dynsan.config import ModelConfig, TrainConfig
     from pipeline_steps.dynsan.model import DynSABlock, DynSAN
     from pipeline_steps.kpt.config import KPTConfig

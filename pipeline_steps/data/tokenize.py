@@ -13,7 +13,7 @@ import string
 import numpy as np
 import pandas as pd
 
-from ..config import template_problem
+from ..checks import template_problem
 from ..errors import UserError
 from ..io import read_parquet, stable_hash, write_parquet
 

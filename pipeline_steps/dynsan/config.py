@@ -5,6 +5,11 @@ from dataclasses import dataclass
 
 from ..settings import SCHEMA_CAP, SchemaSection, Settings
 
+import copy
+from pathlib import Path
+
+from ..errors import UserError, unknown_name
+
 SELECTIONS = ("gated", "random", "all")
 # splits drawn for a task without its own (dynsan.tasks.<name>.split; the schema writes the same defaults):
 # DynSAN holds out 0.2 for test where the classification tasks hold out 0.25 (data/prepare.py)
@@ -113,3 +118,132 @@ def resolve_variant(model: dict, train: dict, variant: dict, passages: int) -> t
     ModelConfig.from_dict(m)
     TrainConfig.from_dict(t)
     return m, t, int(variant.get("passages", passages))
+
+
+# --- cross-checks of the config section (run by checks.check_references) ---------------------
+
+def check_config(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``dynsan:`` section: listed tasks and variants exist, every listed variant
+    resolves to valid settings, sources fit the task kind, local files exist."""
+    sec = cfg["dynsan"]
+    run = sec["run"]
+    for kind, pool in (("tasks", sec["tasks"]), ("variants", sec["variants"])):
+        for name in run[kind]:
+            if name not in pool:
+                raise unknown_name(f"{origin}: key 'dynsan.run.{kind}'", kind[:-1], name, pool)
+    # the section's own settings, whether or not a task runs (the shape rules live in ModelConfig.check)
+    for key, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        try:
+            cls.from_dict(sec[key])
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{origin}: key 'dynsan.{key}': {e}") from None
+    for name in run["variants"]:
+        for task in run["tasks"] or [None]:
+            try:
+                dynsan_settings(cfg, task, name)
+            except (ValueError, TypeError) as e:
+                on = f" (task '{task}')" if task else ""
+                raise UserError(f"{origin}: key 'dynsan.variants.{name}'{on}: {e}") from None
+    eff = sec["efficiency"]
+    try:  # the sweep builds blocks of this width and these heads, with a gated selection of k tokens
+        ModelConfig.from_dict({"d": eff["d"], "heads": eff["heads"], "k": eff["k"], "blocks": eff["blocks"]})
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{origin}: key 'dynsan.efficiency': {e}") from None
+    for name, task in sec["tasks"].items():
+        key = f"{origin}: key 'dynsan.tasks.{name}"
+        src = task["source"]
+        given = [k for k in ("demo", "hub", "path") if k in src]
+        if len(given) != 1:
+            raise UserError(f"{key}.source': give exactly one of demo, hub or path; got {sorted(src)}")
+        if "demo" in src:
+            want = "candidates" if src["demo"].endswith("_candidates") else "span"
+            if task["kind"] != want:
+                raise UserError(f"{key}.kind': demo '{src['demo']}' is a {want} task, not {task['kind']}")
+        haystack = [k for k in ("passages", "filler", "candidates") if k in src]
+        if haystack and src.get("demo") not in ("haystack", "haystack_candidates"):
+            raise UserError(f"{key}.source': {haystack} apply to the haystack demos only")
+        if "candidates" in src and src["candidates"] > src.get("passages", 24) // 2:
+            raise UserError(f"{key}.source.candidates': {src['candidates']} candidates need at least "
+                            f"{2 * src['candidates']} passages (one person per two passages), got {src.get('passages', 24)}")
+        if "hub" in src and not (src.get("format") or src.get("fields")):
+            raise UserError(f"{key}.source': a hub source needs format (searchqa, quasar, qangaroo) or fields")
+        if src.get("format") == "qangaroo" and task["kind"] != "candidates":
+            raise UserError(f"{key}.kind': qangaroo (WikiHop) data is a candidates task")
+        if "path" in src and name in run["tasks"]:
+            paths = src["path"] if isinstance(src["path"], dict) else {"all": src["path"]}
+            for split, path in paths.items():
+                if not Path(path).exists():
+                    raise UserError(f"{key}.source.path': data file '{path}' does not exist "
+                                    f"(relative paths are read from {Path.cwd()})")
+        unknown = set(task.get("train") or {}) - set(sec["train"])
+        if unknown:
+            raise UserError(f"{key}.train': unknown training setting(s) {sorted(unknown)}")
+    emb = sec["embeddings"]["source"]
+    if emb != "embedded:minilm-l6" and run["tasks"] and not Path(emb).expanduser().exists():
+        raise UserError(f"{origin}: key 'dynsan.embeddings.source': '{emb}' is neither embedded:minilm-l6 nor an "
+                        f"existing word-vector file or model folder")
+
+
+def dynsan_settings(cfg: dict, task: str, variant: str) -> tuple[dict, dict, int]:
+    """(model settings, train settings, passages) of one DynSAN run: the section's settings, the
+    task's overrides, then the variant's."""
+    sec = cfg["dynsan"]
+    spec = sec["tasks"][task] if task is not None else {}  # None: the section's settings alone
+    train = dict(sec["train"], **(spec.get("train") or {}))
+    passages = dict(sec["limits"], **(spec.get("limits") or {}))["passages"]
+    return resolve_variant(sec["model"], train, sec["variants"][variant], passages)
+
+
+def question_tokens_kept(cfg: dict, task: str, passages: int, cross_passage: bool = True) -> int:
+    """The most positions one attention of the final blocks sees for ``task``: all kept passages'
+    tokens (``passages`` x ``passage_tokens``, at most ``total_tokens``), or one passage's without
+    cross-passage attention."""
+    sec = cfg["dynsan"]
+    limits = dict(sec["limits"], **(sec["tasks"][task].get("limits") or {}))
+    per_passage = min(limits["passage_tokens"], limits["total_tokens"])
+    if not cross_passage:
+        return per_passage
+    return min(min(passages, limits["passages"]) * limits["passage_tokens"], limits["total_tokens"])
+
+
+def config_warnings(cfg: dict, origin: str = "config") -> list[str]:
+    """Settings that are valid but make the run mean less than it seems (printed at start, not
+    refused): a DynSAN variant whose token budget k covers every token (it then computes full
+    attention: the same model as selection 'all'), a sweep length at or below its k, a variant asking
+    for more passages than the data keeps. Call after ``validate``."""
+    out = []
+    sec = cfg["dynsan"]
+    run = sec["run"]
+    for task in run["tasks"]:
+        for name in run["variants"]:
+            model, _, passages = dynsan_settings(cfg, task, name)
+            kept = dict(sec["limits"], **(sec["tasks"][task].get("limits") or {}))["passages"]
+            if passages > kept:
+                out.append(f"{origin}: key 'dynsan.variants.{name}.passages': {passages} passages asked, but "
+                           f"task '{task}' keeps {kept} (dynsan.limits.passages); the run uses {kept}")
+            if model["selection"] == "all" or not model.get("self_attention", True):
+                continue
+            tokens = question_tokens_kept(cfg, task, passages, model.get("cross_passage", True))
+            if model["k"] >= tokens:
+                scope = "a question keeps" if model.get("cross_passage", True) else "a passage keeps (no cross_passage)"
+                out.append(f"{origin}: key 'dynsan.variants.{name}' (task '{task}'): k {model['k']} >= the {tokens} "
+                           f"tokens {scope}, so selection '{model['selection']}' keeps every token: this "
+                           f"variant computes full attention, the same model as selection 'all'; lower k "
+                           f"(dynsan.model.k or the variant's k) below {tokens}")
+    if run["tasks"]:
+        eff = sec["efficiency"]
+        covered = [n for n in eff["lengths"] if n <= eff["k"]]
+        if covered and any(v != "all" for v in eff["variants"]):
+            out.append(f"{origin}: key 'dynsan.efficiency.k': k {eff['k']} >= the sweep lengths {covered}: there "
+                       f"the gated and random selections keep every token and time full attention")
+    return out
+
+
+def dynsan_task_spec(cfg: dict, task: str) -> dict:
+    """What the data job of a DynSAN task depends on: source, kind, splits, caps, limits, embeddings."""
+    sec = cfg["dynsan"]
+    spec = copy.deepcopy(sec["tasks"][task])
+    spec.pop("train", None)
+    limits = dict(sec["limits"], **(spec.pop("limits", None) or {}))
+    spec["name"] = task
+    return {"task": spec, "limits": limits, "embeddings": sec["embeddings"], "max_chars": sec["model"]["max_chars"]}

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from ..settings import SchemaSection, Settings
 
+from ..errors import UserError, unknown_name
+
 SELECTIONS = ("evenly", "first")  # how a depth-reduced stage picks its layers
 CLASS_VECTORS = ("full", "partial")  # embedding verbalizer of a partial stage
 METHODS = {"fpt_depth": ("layers",), "fpt_width": ("ffn",), "fpt_compound": ("layers", "ffn")}
@@ -65,3 +67,43 @@ class FPTConfig(Settings):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+
+# --- cross-checks of the config section (run by checks.check_references) ---------------------
+
+def check_names(cfg: dict, section: str, origin: str) -> None:
+    """The models and tasks a method section lists are defined in ``models:`` and ``tasks:``."""
+    for kind in ("models", "tasks"):
+        for name in cfg[section][kind]:
+            if name not in cfg[kind]:
+                raise unknown_name(f"{origin}: key '{section}.{kind}'", kind[:-1], name, cfg[kind])
+
+
+def check_config(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``fpt:`` section that the schema cannot express."""
+    check_names(cfg, "fpt", origin)
+
+    fpt = cfg["fpt"]
+    totals = {}
+    for method in fpt["methods"]:
+        if method not in fpt["schedules"]:
+            raise UserError(f"{origin}: key 'fpt.schedules': no schedule for method '{method}' (listed in "
+                            f"fpt.methods); add one or remove the method")
+        stages = fpt["schedules"][method]
+        try:
+            FPTConfig.from_dict({"stages": stages, "selection": fpt["layer_selection"],
+                                 "class_vectors": fpt["class_vectors"]})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{origin}: key 'fpt.schedules.{method}': {e}") from None
+        for i, stage in enumerate(stages):
+            need = METHODS[method]
+            given = tuple(k for k in ("layers", "ffn") if stage.get(k) is not None)
+            if i < len(stages) - 1 and given != need:
+                raise UserError(f"{origin}: key 'fpt.schedules.{method}[{i}]': a {method} stage sets "
+                                f"{' and '.join(need)} (and steps), got {stage}")
+        totals[method] = sum(s["steps"] for s in stages)
+    if fpt.get("pt_steps") is None and len(set(totals.values())) > 1:
+        raise UserError(f"{origin}: key 'fpt.schedules': the methods' total steps differ ({totals}); make them "
+                        f"equal or set fpt.pt_steps, the steps of the PT baseline they are compared with")
+    if fpt["models"] and fpt["tasks"] and not fpt["methods"]:
+        raise UserError(f"{origin}: key 'fpt.methods': give at least one FPT method")

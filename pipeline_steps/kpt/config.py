@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, unknown_name
 from ..io import read_text
 from ..settings import SchemaSection, Settings
 
@@ -183,3 +183,45 @@ def blocklist_path(setting) -> str | None:
     if setting is False:
         return None
     return str(BLOCKLIST) if setting in (True, None) else str(Path(setting).expanduser())
+
+
+# --- cross-checks of the config section (run by checks.check_references) ---------------------
+
+def check_config(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``kpt:`` section: names, per-task settings, and each knowledge-base file
+    (read here, so a bad line fails before any job starts)."""
+    sec = cfg["kpt"]
+    for name in sec["models"]:
+        if name not in cfg["models"]:
+            raise unknown_name(f"{origin}: key 'kpt.models'", "model", name, cfg["models"])
+    active = bool(sec["models"])
+    for task, entry in sec["tasks"].items():
+        key = f"{origin}: key 'kpt.tasks.{task}"
+        if task not in cfg["tasks"]:
+            raise unknown_name(f"{key}'", "task", task, cfg["tasks"])
+        try:
+            KPTConfig.from_dict({**sec["settings"], **(entry.get("settings") or {})})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{key}.settings': {e}") from None
+        names = cfg["tasks"][task]["label_names"]
+        for kb_name in entry["knowledge_bases"]:
+            if kb_name not in sec["knowledge_bases"]:
+                raise unknown_name(f"{key}.knowledge_bases'", "knowledge base", kb_name, sec["knowledge_bases"],
+                                   hint="none (add kpt.knowledge_bases)")
+            kb = sec["knowledge_bases"][kb_name]
+            where = f"{origin}: key 'kpt.knowledge_bases.{kb_name}"
+            if kb["source"] == "file":
+                if not kb.get("path"):
+                    raise UserError(f"{where}.path': a file knowledge base needs a path")
+                if active:
+                    read_kb_file(kb["path"], names)  # UserError naming the file (and line)
+            if isinstance(kb.get("blocklist"), str) and active:
+                try:
+                    read_blocklist(kb["blocklist"])
+                except UserError as e:
+                    raise UserError(f"{where}.blocklist': {e}") from None
+            if kb["source"] == "vader":
+                missing = [n for n in names if n not in (kb.get("polarity") or {})]
+                if missing:
+                    raise UserError(f"{where}.polarity': no polarity (1, -1 or 0) for classes {missing} of task "
+                                    f"'{task}' that uses it")

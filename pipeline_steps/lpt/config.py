@@ -38,3 +38,12 @@ class LatePromptConfig(Settings):
         if not 0 <= k < num_layers:
             raise ValueError(f"insert_layer {k} is outside 0 .. {num_layers - 1}")
         return k
+
+
+# --- cross-checks of the config section (run by checks.check_references) ---------------------
+
+def check_config(cfg: dict, origin: str = "config") -> None:
+    """Cross-checks of the ``lpt:`` section that the schema cannot express."""
+    from ..fpt.config import check_names
+
+    check_names(cfg, "lpt", origin)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from ..settings import SCHEMA_CAP, SchemaSection, Settings
 
+from ..errors import UserError, unknown_name
+from ..specs import pt_settings
+
 OBJECTIVES = ("distance", "task")
 
 
@@ -60,3 +63,36 @@ class ProjectorConfig(Settings):
         self.at_least(1, "hidden", "steps", "batch_size", "eval_batch_size", "eval_every")
         self.at_least(0, "weight_decay", "warmup_steps")
         self.above(0, "lr", "grad_clip")
+
+
+# --- cross-checks of the config section (run by checks.check_references) ---------------------
+
+def pair_name(pair: dict) -> str:
+    return pair.get("name") or f"{pair['source']}-to-{pair['target']}"
+
+
+def check_config(cfg: dict, origin: str = "config") -> None:
+    """Cross-references of the ``projector:`` section (after schema validation and defaults)."""
+    section = cfg.get("projector") or {}
+    seen = {}
+    for i, pair in enumerate(section.get("pairs", [])):
+        key = f"{origin}: key 'projector.pairs.{i}"
+        for role in ("source", "target"):
+            if pair[role] not in cfg["models"]:
+                raise unknown_name(f"{key}.{role}'", "model", pair[role], cfg["models"])
+        if pair["source"] == pair["target"]:
+            raise UserError(f"{key}': source and target are the same model '{pair['source']}'")
+        for field in ("train_tasks", "eval_tasks"):
+            for task in pair[field]:
+                if task not in cfg["tasks"]:
+                    raise unknown_name(f"{key}.{field}'", "task", task, cfg["tasks"])
+        tasks = list(dict.fromkeys(pair["train_tasks"] + pair["eval_tasks"]))
+        lengths = {t: pt_settings(cfg, t)["prompt_length"] for t in tasks}
+        if len(set(lengths.values())) > 1:
+            raise UserError(f"{key}': the projector maps prompts of one length L, but the pair's tasks have "
+                            f"prompt lengths {lengths} (prompt_tuning.prompt_length and per-task overrides)")
+        name = pair_name(pair)
+        if name in seen:
+            raise UserError(f"{key}.name': pair name '{name}' is also used by projector.pairs.{seen[name]}; "
+                            f"give one of them a distinct 'name'")
+        seen[name] = i

@@ -40,7 +40,7 @@ def gate_run(config: dict, task: str) -> dict | None:
 
 def run_args(config: dict, w: dict) -> dict:
     """Arguments of the training step of one run (wildcards dtask, variant, seed)."""
-    from pipeline_steps.config import dynsan_settings
+    from pipeline_steps.dynsan.config import dynsan_settings
 
     sec = config["dynsan"]
     model, train, passages = dynsan_settings(config, w["dtask"], w["variant"])

@@ -1,7 +1,7 @@
 """Grids shared by the FPT and LPT plans: a section's (models, tasks, seeds) and its prompt-tuning settings."""
 from __future__ import annotations
 
-from pipeline_steps.config import pt_settings
+from pipeline_steps.specs import pt_settings
 
 
 def section_grid(cfg: dict, section: str) -> dict:

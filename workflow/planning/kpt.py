@@ -59,7 +59,7 @@ def kpt_prompt_settings(cfg: dict, task: str) -> dict:
 def kpt_tokens(cfg: dict, task: str, model: str, shared: str) -> str:
     """The tokenized inputs of a task's KPT jobs: the stage-wide ``shared`` file (TOKENS) when KPT's
     max_length is the task's own, else KPT's own tokenization at that length (TOKENS_AT_LENGTH)."""
-    from pipeline_steps.config import pt_settings
+    from pipeline_steps.specs import pt_settings
 
     length = kpt_prompt_settings(cfg, task)["max_length"]
     if length == pt_settings(cfg, task)["max_length"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from pipeline_steps.config import pair_name
+from pipeline_steps.transferability.config import pair_name
 from pipeline_steps.transferability.config import ProjectorConfig
 
 

@@ -11,7 +11,9 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # pipeline_steps without installation, too
 sys.path.insert(0, str(Path(workflow.basedir)))  # planning/: grids and paths of each stage
 
-from pipeline_steps.config import config_warnings, model_spec, pt_settings, task_spec, used_models, used_tasks, validate
+from pipeline_steps.config import validate
+from pipeline_steps.checks import config_warnings, used_models, used_tasks
+from pipeline_steps.specs import model_spec, pt_settings, task_spec
 from pipeline_steps.errors import UserError
 from pipeline_steps.models.registry import built_dir, built_files
 

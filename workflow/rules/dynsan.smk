@@ -2,7 +2,7 @@
 # self-attention. Data once per task; one training job per (task, variant, seed) (resumable); an
 # evaluation job per run; one efficiency sweep; one summary (tables, figures). See docs/dynsan.md.
 
-from pipeline_steps.config import dynsan_task_spec
+from pipeline_steps.dynsan.config import dynsan_task_spec
 from planning.files import dynsan_task_files
 import planning.dynsan as DP  # a module namespace: its DATA, RUN, ... must not shadow common.smk's names
 
