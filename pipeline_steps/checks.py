@@ -9,17 +9,13 @@ from pathlib import Path
 
 from .dynsan import config as dynsan_config
 from .errors import UserError, shown, unknown_name
-from .fpt import config as fpt_config
-from .kpt import config as kpt_config
-from .lpt import config as lpt_config
 from .models.registry import BUILTIN_SOURCES, built_dir, is_local_path, mpnet_pieces
-from .transferability import config as transfer_config
+from .papers import config_checks
 
 TEMPLATE_FIELDS = {"text_a", "text_b", "mask"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
-# each paper's cross-checks of its own section, ``check_config(cfg, origin)``
-PAPER_CHECKS = (transfer_config.check_config, fpt_config.check_config, lpt_config.check_config,
-                kpt_config.check_config, dynsan_config.check_config)
+# each paper's cross-checks of its own section, ``check_config(cfg, origin)``, from the registry
+PAPER_CHECKS = config_checks()
 
 
 def used_tasks(cfg: dict) -> dict[str, str]:

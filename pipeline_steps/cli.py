@@ -15,38 +15,10 @@ import sys
 import time
 
 
-# step name -> "module:function" (imported on use, so light steps don't load torch)
-STEPS = {
-    "prepare-data": "data.prepare:run",
-    "tokenize": "data.tokenize:run",
-    "build-model": "models.build:build",
-    "train-prompt": "prompt_tuning.steps:train",
-    "evaluate-prompt": "prompt_tuning.steps:evaluate",
-    "summarise-prompts": "prompt_tuning.report:summarise_prompt_tuning",
-    "export-peft": "transferability.steps:export_peft",
-    "zero-shot": "transferability.steps:zero_shot",
-    "zero-shot-table": "transferability.report:zero_shot_table",
-    "transfer-init-table": "transferability.report:init_table",
-    "indicator-activations": "transferability.steps:compute_activations",
-    "indicator-table": "transferability.steps:indicator_table",
-    "indicator-correlation": "transferability.report:correlation",
-    "train-projector": "transferability.steps:train_projector",
-    "evaluate-projection": "transferability.steps:evaluate_projection",
-    "summarise-projection": "transferability.report:projection_table",
-    "fpt-scores": "fpt.steps:fpt_scores",
-    "fpt-stage": "fpt.steps:fpt_stage",
-    "summarise-fpt": "fpt.report:summarise_fpt",
-    "lpt-run": "lpt.steps:lpt_run",
-    "summarise-lpt": "lpt.report:summarise_lpt",
-    "kpt-run": "kpt.steps:run",
-    "summarise-kpt": "kpt.report:summarise_kpt",
-    "dynsan-prepare": "dynsan.steps:prepare",
-    "dynsan-train": "dynsan.steps:train",
-    "dynsan-evaluate": "dynsan.steps:evaluate",
-    "dynsan-efficiency": "dynsan.steps:efficiency",
-    "dynsan-summarise": "dynsan.report:summarise",
-    "claims": "claims.steps:evaluate",
-}
+from .papers import all_steps
+
+# step name -> "module:function" (imported on use, so light steps don't load torch): pipeline_steps/papers.py
+STEPS = all_steps()
 
 
 def resolve_step(name: str):

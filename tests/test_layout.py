@@ -10,7 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "pipeline_steps"
-PAPER_PACKAGES = ["prompt_tuning", "transferability", "fpt", "lpt", "kpt", "dynsan"]
+sys.path.insert(0, str(REPO))
+from pipeline_steps.papers import CORE_RULES, FINAL_RULES, PAPERS  # noqa: E402
+
+PAPER_PACKAGES = [p.name for p in PAPERS]
 ROLES = ["__init__.py", "config.py", "model.py", "steps.py", "report.py"]
 
 
@@ -120,3 +123,26 @@ def test_every_step_resolves_to_a_function():
 
     for name in STEPS:
         assert callable(resolve_step(name)), name
+
+
+def test_the_registry_names_every_rule_file_target_step_and_page():
+    """pipeline_steps/papers.py is the one list of methods: its rule files are all of workflow/rules/ (with
+    the always-included common and preflight), each target is a rule of the paper's own files, each page
+    exists, and every paper package but the shared prompt tuning checks its config section."""
+    import re
+
+    from pipeline_steps.cli import STEPS
+    from pipeline_steps.papers import CORE_STEPS, config_checks
+
+    rules_dir = REPO / "workflow" / "rules"
+    listed = list(CORE_RULES) + [r for p in PAPERS for r in p.rules] + list(FINAL_RULES)
+    assert len(listed) == len(set(listed))
+    assert set(listed) | {"common.smk", "preflight.smk"} == {f.name for f in rules_dir.glob("*.smk")}
+    for paper in PAPERS:
+        defined = set(re.findall(r"^rule (\w+):", "".join((rules_dir / r).read_text() for r in paper.rules), re.M))
+        assert set(paper.targets) <= defined, (paper.name, set(paper.targets) - defined)
+        assert (REPO / paper.docs).exists(), paper.docs
+        assert all(STEPS[s].startswith(f"{paper.name}.") for s in paper.steps), paper.name
+    assert len(STEPS) == len(CORE_STEPS) + sum(len(p.steps) for p in PAPERS)
+    checked = {f.__module__.split(".")[1] for f in config_checks()}
+    assert checked == {p.name for p in PAPERS} - {"prompt_tuning"}

@@ -19,9 +19,9 @@ import pytest
 from pipeline_steps.config import load_schema
 from pipeline_steps.settings import Settings
 
-CONFIG_MODULES = ["pipeline_steps.prompt_tuning.config", "pipeline_steps.transferability.config",
-                  "pipeline_steps.fpt.config", "pipeline_steps.lpt.config", "pipeline_steps.kpt.config",
-                  "pipeline_steps.dynsan.config"]
+from pipeline_steps.papers import PAPERS  # noqa: E402
+
+CONFIG_MODULES = [f"pipeline_steps.{p.name}.config" for p in PAPERS]
 for _m in CONFIG_MODULES:
     importlib.import_module(_m)
 
