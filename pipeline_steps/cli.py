@@ -1,8 +1,10 @@
-"""Command line: ``python -m pipeline_steps STEP --args JSON``.
+"""Command line: ``python -m pipeline_steps STEP --args JSON [--files JSON]``.
 
-Every Snakemake rule calls exactly one step through this entry point; the JSON
-holds the step function's keyword arguments (paths and settings). A
-:class:`UserError` prints one line, with no traceback, and exits with status 2.
+Every Snakemake rule calls exactly one step through this entry point. ``--args`` holds the step
+function's settings (what Snakemake compares to decide on re-runs), ``--files`` its path arguments,
+taken from the rule's own input and output (``files()`` in workflow/rules/common.smk); the step gets
+both as keyword arguments (a name in both is an error; by hand, ``--args`` alone may hold everything).
+A :class:`UserError` prints one line, with no traceback, and exits with status 2.
 """
 from __future__ import annotations
 
@@ -91,18 +93,32 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipeline_steps", description=__doc__.splitlines()[0])
     parser.add_argument("step", help="one of: " + ", ".join(sorted(STEPS)))
-    parser.add_argument("--args", default="{}", help="JSON object of keyword arguments for the step")
+    parser.add_argument("--args", default="{}", help="JSON object of keyword arguments for the step (settings)")
+    parser.add_argument("--files", default="{}", help="JSON object of the step's path arguments (a rule passes "
+                                                      "its own input and output here); merged with --args")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (passed to steps that take it)")
     ns = parser.parse_args(argv)
     setup_logging()
     if ns.step not in STEPS:
         print(f"error: unknown step '{ns.step}'; known: {', '.join(sorted(STEPS))}", file=sys.stderr)
         return 2
-    try:
-        kwargs = json.loads(ns.args)
-    except json.JSONDecodeError as e:
-        print(f"error: --args is not valid JSON: {e}", file=sys.stderr)
-        return 2
+    parsed = {}
+    for flag in ("args", "files"):
+        try:
+            parsed[flag] = json.loads(getattr(ns, flag))
+        except json.JSONDecodeError as e:
+            print(f"error: --{flag} is not valid JSON: {e}", file=sys.stderr)
+            return 2
+    kwargs, paths = parsed["args"], parsed["files"]
+    if paths:
+        if not isinstance(paths, dict) or not isinstance(kwargs, dict):
+            print("error: --args and --files must be JSON objects", file=sys.stderr)
+            return 2
+        both = sorted(set(kwargs) & set(paths))
+        if both:
+            print(f"error: {both} given in both --args and --files", file=sys.stderr)
+            return 2
+        kwargs = {**kwargs, **paths}
     fn = resolve_step(ns.step)
     if ns.threads is not None and isinstance(kwargs, dict) and "threads" in inspect.signature(fn).parameters:
         kwargs["threads"] = ns.threads

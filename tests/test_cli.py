@@ -27,3 +27,19 @@ def test_unknown_step_and_bad_json(capsys):
     assert "unknown step" in capsys.readouterr().err
     assert main(["prepare-data", "--args", "{not json"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_files_are_merged_with_args_and_a_key_in_both_is_refused(tmp_path, capsys):
+    """Rules pass settings in --args and their input/output paths in --files; the step gets both."""
+    src = tmp_path / "d.csv"
+    src.write_text("text,label\n" + "".join(f"review {i},{'ab'[i % 2]}\n" for i in range(40)))
+    spec = {"name": "t", "source": {"path": str(src)}, "text_fields": ["text"], "label_field": "label",
+            "label_names": ["a", "b"], "template": "{text_a} {mask}", "label_words": {"a": ["x"], "b": ["y"]}}
+    out = tmp_path / "out.parquet"
+    assert main(["prepare-data", "--args", json.dumps({"spec": spec}), "--files", json.dumps({"output": str(out)})]) == 0
+    assert out.exists()
+    assert main(["prepare-data", "--args", json.dumps({"spec": spec, "output": str(out)}),
+                 "--files", json.dumps({"output": str(out)})]) == 2
+    assert "['output'] given in both --args and --files" in capsys.readouterr().err
+    assert main(["prepare-data", "--files", "[1]"]) == 2
+    assert "--args and --files must be JSON objects" in capsys.readouterr().err

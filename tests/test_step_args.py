@@ -35,7 +35,9 @@ def demo_args(tmp_path_factory) -> dict[str, dict]:
     for line in res.stdout.splitlines():
         m = re.search(r"-m pipeline_steps (\S+) --threads \d+ --args (.*?) > logs/", line)
         if m and m.group(1) not in found:
-            found[m.group(1)] = json.loads(shlex.split(m.group(2))[0])
+            settings, flag, paths = shlex.split(m.group(2))  # --args SETTINGS --files PATHS (merged by the CLI)
+            assert flag == "--files"
+            found[m.group(1)] = {**json.loads(settings), **json.loads(paths)}
     return found
 
 

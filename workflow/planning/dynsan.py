@@ -39,16 +39,14 @@ def gate_run(config: dict, task: str) -> dict | None:
 
 
 def run_args(config: dict, w: dict) -> dict:
-    """Arguments of the training step of one run (wildcards dtask, variant, seed)."""
+    """Settings of the training step of one run (wildcards dtask, variant, seed); its paths are the rule's
+    input and output (and ``CHECKPOINT``)."""
     from pipeline_steps.dynsan.config import dynsan_settings
 
     sec = config["dynsan"]
     model, train, passages = dynsan_settings(config, w["dtask"], w["variant"])
-    data = files(DATA, DATA_FILES, {"dtask": w["dtask"]})
     return dict(task=w["dtask"], variant=w["variant"], kind=sec["tasks"][w["dtask"]]["kind"], model_settings=model,
-                train_settings=train, passages=passages, seed=int(w["seed"]), tokens=data["tokens"],
-                vocab=data["vocab"], device=sec["device"], dtype=sec["dtype"], checkpoint=CHECKPOINT.format(**w),
-                **files(RUN, RUN_FILES, w))
+                train_settings=train, passages=passages, seed=int(w["seed"]), device=sec["device"], dtype=sec["dtype"])
 
 
 def summary_inputs(config: dict) -> dict:

@@ -61,15 +61,19 @@ def fpt_stage_inputs(cfg: dict, wc: dict) -> dict:
 
 
 def fpt_stage_args(cfg: dict, wc: dict) -> dict:
-    """What ``fpt_stage`` gets from the config for the stage named by ``wc`` (paths aside)."""
+    """What ``fpt_stage`` gets from the config for the stage named by ``wc`` (paths aside: ``fpt_stage_paths``)."""
     stage = int(wc["stage"])
     spec = fpt_schedule(cfg, wc["method"])[stage]
     return {"settings": fpt_settings(cfg, wc["task"]), "seed": int(wc["seed"]), "method": wc["method"],
             "stage_index": stage, "stage": spec, "last": stage == fpt_last_stage(cfg, wc["method"]),
-            "selection": cfg["fpt"]["layer_selection"], "class_vectors": cfg["fpt"]["class_vectors"],
-            "scores": FPT_SCORES.format(**wc) if spec.get("ffn") is not None else None,
-            "previous": fpt_stage_files(wc, stage - 1) if stage > 0 else None,
-            **fpt_stage_files(wc, stage)}
+            "selection": cfg["fpt"]["layer_selection"], "class_vectors": cfg["fpt"]["class_vectors"]}
+
+
+def fpt_stage_paths(inputs: dict, outputs: dict) -> dict:
+    """The path arguments of ``fpt_stage`` from the rule's named inputs (``fpt_stage_inputs``) and outputs:
+    the stage's own files, the neuron scores (width stages) and the previous stage's files."""
+    previous = {k[len("previous_"):]: v for k, v in inputs.items() if k.startswith("previous_")}
+    return {**outputs, "tokenized": inputs["tokens"], "scores": inputs.get("scores"), "previous": previous or None}
 
 
 def fpt_final_prompt(cfg: dict, wc: dict) -> str:

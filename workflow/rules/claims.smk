@@ -13,8 +13,7 @@ except UserError as e:
 
 CLAIMS = dict(table="results/tables/claims.parquet", figure="results/figures/claims.png")
 # every summary table the claims can read -> its path, kept where this config's stage targets build it
-_STAGE_OUTPUTS = {str(p) for target in (rules.source_prompts, rules.transfer, rules.indicators, rules.projection,
-                                        rules.fpt, rules.lpt, rules.kpt, rules.dynsan) for p in target.input}
+_STAGE_OUTPUTS = {str(p) for paper in PAPERS for target in paper.targets for p in getattr(rules, target).input}
 _STAGE_OUTPUTS |= {DP.TABLES["efficiency"]} if DP.grid(config) else set()  # read by the DynSAN summary
 CLAIM_TABLES = {name: f"results/tables/{name}.parquet" for name in TABLE_NAMES}
 CLAIM_TABLES = {name: path for name, path in CLAIM_TABLES.items() if path in _STAGE_OUTPUTS}
@@ -36,7 +35,8 @@ rule judge_claims:
     params:
         args=args(claims=CLAIMS_FILE, tables=CLAIM_TABLES, data=CLAIM_DATA,
                   task_kinds={t: spec["kind"] for t, spec in config["tasks"].items() if spec.get("kind")},
-                  model_sources={m: spec["source"] for m, spec in config["models"].items()}, **CLAIMS),
+                  model_sources={m: spec["source"] for m, spec in config["models"].items()}),  # tables, data: by name
+        files=files(),
     conda:
         ENV_FILE
     log:

@@ -73,16 +73,47 @@ ENV_FILE = "../../environment.yml"  # conda: directive of every rule (used with 
 def step(name):
     """Shell command of a rule: one pipeline step, its JSON arguments from params.args, log to {log}."""
     return (f"PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}} {PYTHON} -m pipeline_steps {name} "
-            f"--threads {{threads}} --args {{params.args:q}} > {{log}} 2>&1")
+            f"--threads {{threads}} --args {{params.args:q}} --files {{params.files:q}} > {{log}} 2>&1")
 
 
 def args(**kwargs):
-    """JSON for params.args: it is also what Snakemake compares to decide on re-runs.
+    """JSON for params.args: the step's settings, and what Snakemake compares to decide on re-runs.
 
-    Build it from wildcards only (paths via ``fmt``): Snakemake leaves params that are
-    functions of input/output out of its params re-run trigger.
+    Build it from wildcards only, and leave the paths to ``files``: Snakemake leaves params that are
+    functions of input/output out of its params re-run trigger (paths are tracked as input and output).
     """
     return json.dumps(kwargs, sort_keys=True, default=str)
+
+
+def _plain(value):
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+
+
+def files(inputs=None, side=None, skip=()):
+    """params.files: the step's path arguments from the rule's own ``output`` (every named output, but
+    ``skip``), ``inputs`` (step argument -> the rule's input name; a list: the same names; True: every
+    named input but ``model``, the built model files, and ``skip``) and ``side`` files (step argument ->
+    a pattern of a file that is neither input nor output, a checkpoint). Each path is written once: as
+    the rule's input or output."""
+    if isinstance(inputs, (list, tuple)):
+        inputs = {name: name for name in inputs}
+
+    def build(wildcards, input, output):
+        out = {k: _plain(v) for k, v in output.items() if k not in skip}
+        named = {k: k for k, _ in input.items() if k != "model" and k not in skip} if inputs is True else inputs
+        out.update({arg: _plain(getattr(input, name)) for arg, name in (named or {}).items()})
+        out.update({arg: fmt(pattern, wildcards) for arg, pattern in (side or {}).items()})
+        return json.dumps(out, sort_keys=True)
+
+    return build
+
+
+CHECKPOINTS = "results/checkpoints"
+
+
+def checkpoint_path(pattern):
+    """Where a training job keeps its resumable checkpoint (not an output: removed once the job is done)."""
+    return f"{CHECKPOINTS}/{pattern}.safetensors"
 
 
 def fmt(pattern, wildcards):

@@ -7,9 +7,10 @@ rule prepare_data:
     input:
         lambda w: task_files(config, w.task),  # a local data file: changing it reruns the task
     output:
-        DATA,
+        output=DATA,
     params:
-        args=lambda w: args(spec=task_spec(config, w.task), output=fmt(DATA, w)),
+        args=lambda w: args(spec=task_spec(config, w.task)),
+        files=files(),
     conda:
         ENV_FILE
     log:
@@ -29,11 +30,10 @@ rule tokenize:
         data=DATA,
         model=lambda w: model_inputs(w.model),
     output:
-        TOKENS,
+        output=TOKENS,
     params:
+        files=files(inputs={"data_path": "data"}),
         args=lambda w: args(
-            data_path=fmt(DATA, w),
-            output=fmt(TOKENS, w),
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
             max_length=pt_settings(config, w.task)["max_length"],

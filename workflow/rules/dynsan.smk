@@ -23,7 +23,8 @@ rule dynsan_prepare:
     output:
         **{k: f"{DP.DATA}/{f}" for k, f in DP.DATA_FILES.items()},
     params:
-        args=lambda w: args(**dynsan_task_spec(config, w.dtask), **DP.files(DP.DATA, DP.DATA_FILES, dict(w.items()))),
+        args=lambda w: args(**dynsan_task_spec(config, w.dtask)),
+        files=files(),
     conda:
         ENV_FILE
     log:
@@ -46,6 +47,7 @@ rule dynsan_train:
         **{k: f"{DP.RUN}/{f}" for k, f in DP.RUN_FILES.items()},
     params:
         args=lambda w: args(**DP.run_args(config, dict(w.items()))),
+        files=files(inputs=["tokens", "vocab"], side={"checkpoint": DP.CHECKPOINT}),
     conda:
         ENV_FILE
     log:
@@ -70,10 +72,8 @@ rule dynsan_evaluate:
     output:
         **{k: f"{DP.RUN}/{f}" for k, f in DP.EVAL_FILES.items()},
     params:
-        args=lambda w: args(weights=fmt(f"{DP.RUN}/weights.safetensors", w), gate_examples=DYNSAN["run"]["gate_examples"],
-                            device=DYNSAN["device"], dtype=DYNSAN["dtype"],
-                            **{k: v for k, v in DP.files(DP.DATA, DP.DATA_FILES, {"dtask": w.dtask}).items() if k != "report"},
-                            **DP.files(DP.RUN, DP.EVAL_FILES, dict(w.items()))),
+        args=args(gate_examples=DYNSAN["run"]["gate_examples"], device=DYNSAN["device"], dtype=DYNSAN["dtype"]),
+        files=files(inputs=["weights", "tokens", "vocab"]),
     conda:
         ENV_FILE
     log:
@@ -94,7 +94,8 @@ rule dynsan_efficiency:
     output:
         table=DP.TABLES["efficiency"],
     params:
-        args=args(table=DP.TABLES["efficiency"], device=DYNSAN["device"], dtype=DYNSAN["dtype"], **DYNSAN["efficiency"]),
+        args=args(device=DYNSAN["device"], dtype=DYNSAN["dtype"], **DYNSAN["efficiency"]),
+        files=files(),
     conda:
         ENV_FILE
     log:
@@ -127,7 +128,8 @@ rule dynsan_summarise:
                                  category="DynSAN"),
         gates_figure=report(DP.FIGURES["gates_figure"], caption="../report/dynsan_gates.rst", category="DynSAN"),
     params:
-        args=args(table=DP.TABLES["table"], **DP.FIGURES, **DYNSAN_SUMMARY),
+        args=args(runs=DYNSAN_SUMMARY["runs"], tokens=DYNSAN_SUMMARY["tokens"], gates=DYNSAN_SUMMARY["gates"]),  # paths by run/task
+        files=files(inputs=["efficiency"]),
     conda:
         ENV_FILE
     log:

@@ -5,7 +5,7 @@
 # Grid, schedules and stage paths: workflow/planning/fpt.py; the science: pipeline_steps/fpt/.
 
 from planning.fpt import (FPT_FILES, FPT_RUN, FPT_SCORES, fpt_final_prompt, fpt_settings,
-                          fpt_stage_args, fpt_stage_inputs, fpt_summary_inputs)
+                          fpt_stage_args, fpt_stage_inputs, fpt_stage_paths, fpt_summary_inputs)
 
 FPT_STAGE = f"{FPT_RUN}/stage{{stage}}"
 FPT_EVAL = f"{FPT_RUN}/eval"
@@ -16,13 +16,12 @@ rule fpt_ffn_scores:
         tokens=TOKENS,
         model=lambda w: model_inputs(w.model),
     output:
-        FPT_SCORES,
+        output=FPT_SCORES,
     params:
+        files=files(inputs={"tokenized": "tokens"}),
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
-            tokenized=fmt(TOKENS, w),
-            output=fmt(FPT_SCORES, w),
             samples=config["fpt"]["score_samples"],
         ),
     conda:
@@ -54,10 +53,11 @@ rule fpt_stage:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
-            tokenized=fmt(TOKENS, w),
-            checkpoint=fmt("results/checkpoints/fpt/{model}/{task}/seed{seed}/{method}/stage{stage}.safetensors", w),
             **fpt_stage_args(config, dict(w.items())),
         ),
+        files=lambda w, input, output: json.dumps(dict(
+            fpt_stage_paths({k: _plain(v) for k, v in input.items() if k != "model"}, {k: str(v) for k, v in output.items()}),
+            checkpoint=fmt(checkpoint_path("fpt/{model}/{task}/seed{seed}/{method}/stage{stage}"), w)), sort_keys=True),
     conda:
         ENV_FILE
     log:
@@ -88,12 +88,9 @@ rule fpt_evaluate:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
-            prompt=fpt_final_prompt(config, dict(w.items())),
-            tokenized=fmt(TOKENS, w),
-            predictions=fmt(f"{FPT_EVAL}/predictions.parquet", w),
-            scores=fmt(f"{FPT_EVAL}/scores.json", w),
             batch_size=fpt_settings(config, w.task)["eval_batch_size"],
         ),
+        files=files(inputs={"prompt": "prompt", "tokenized": "tokens"}),
     conda:
         ENV_FILE
     log:
@@ -129,7 +126,8 @@ rule summarise_fpt:
         stages_table=reported(FPT_SUMMARY["stages_table"], "fpt_stages_table", "5. FPT", table="per stage"),
         figure=reported(FPT_SUMMARY["figure"], "fpt_score_vs_flops", "5. FPT", figure="score vs FLOPs"),
     params:
-        args=args(**FPT_SUMMARY),
+        args=args(),
+        files=files(inputs=["metas", "scores", "stage_metas", "curves"]),
     conda:
         ENV_FILE
     log:

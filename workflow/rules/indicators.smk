@@ -24,13 +24,13 @@ rule indicator_activations:
         prompts=lambda w: [r["prompt"] for r in IND_RUNS if r["model"] == w.model],
         model=lambda w: model_inputs(w.model),
     output:
-        ACTIVATIONS,
+        output=ACTIVATIONS,
     params:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             prompts=[dict(task=r["task"], seed=r["seed"], path=r["prompt"]) for r in IND_RUNS if r["model"] == w.model],
-            output=fmt(ACTIVATIONS, w),
         ),
+        files=files(),
     conda:
         ENV_FILE
     log:
@@ -52,15 +52,15 @@ rule indicator_table:
         activations=expand(ACTIVATIONS, model=MODELS),
         prompts=[r["prompt"] for r in IND_RUNS],
     output:
-        reported(INDICATOR_TABLE, "indicators_table", "3. Transferability indicators", table="indicators"),
+        table=reported(INDICATOR_TABLE, "indicators_table", "3. Transferability indicators", table="indicators"),
     params:
         args=args(
-            runs=IND_RUNS,
+            runs=IND_RUNS,  # prompt paths with their model, task and seed
             activations={m: ACTIVATIONS.format(model=m) for m in MODELS},
             window=IND["window"],
             stride=IND["stride"],
-            table=INDICATOR_TABLE,
         ),
+        files=files(),
     conda:
         ENV_FILE
     log:
@@ -85,7 +85,8 @@ rule indicator_correlation:
         figure=reported(INDICATOR_CORRELATION["figure"], "indicator_correlation", "3. Transferability indicators",
                         figure="indicators vs transfer"),
     params:
-        args=args(indicators=INDICATOR_TABLE, transfer=TRANSFER_ZERO_SHOT, **INDICATOR_CORRELATION),
+        args=args(),
+        files=files(inputs=["indicators", "transfer"]),
     conda:
         ENV_FILE
     log:

@@ -14,13 +14,12 @@ rule kpt_tokenize:
         data=DATA,
         model=lambda w: model_inputs(w.model),
     output:
-        KPT_TOKENS,
+        output=KPT_TOKENS,
     wildcard_constraints:
         length=r"[0-9]+",
     params:
+        files=files(inputs={"data_path": "data"}),
         args=lambda w: args(
-            data_path=fmt(DATA, w),
-            output=fmt(KPT_TOKENS, w),
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
             max_length=int(w.length),
@@ -60,10 +59,9 @@ rule kpt_run:
             shots=parse_setting(w.setting)[0],
             mode=parse_setting(w.setting)[1],
             variants=config["kpt"]["variants"],
-            tokenized=kpt_tokens(config, w.task, w.model, TOKENS),
-            checkpoint_dir=fmt("results/checkpoints/kpt/{model}/{task}/{kb}/seed{seed}/{setting}", w),
-            **{k: fmt(f"{KPT_RUN}/{f}", w) for k, f in KPT_FILES.items()},
         ),
+        files=files(inputs={"tokenized": "tokens"},
+                    side={"checkpoint_dir": f"{CHECKPOINTS}/kpt/{{model}}/{{task}}/{{kb}}/seed{{seed}}/{{setting}}"}),
     conda:
         ENV_FILE
     log:
@@ -102,7 +100,8 @@ rule summarise_kpt:
         ablation_figure=report(KPT_SUMMARY["ablation_figure"], caption="../report/kpt_ablation.rst", category="KPT"),
         words_figure=report(KPT_SUMMARY["words_figure"], caption="../report/kpt_words.rst", category="KPT"),
     params:
-        args=args(**KPT_SUMMARY),
+        args=args(),
+        files=files(inputs=["scores", "words", "metas"]),
     conda:
         ENV_FILE
     log:

@@ -27,10 +27,8 @@ rule lpt_run:
             method=w.method,
             late=lpt_late(config, w.task, w.method),
             profile=config["lpt"]["profile_steps"],
-            tokenized=fmt(TOKENS, w),
-            checkpoint=fmt("results/checkpoints/lpt/{model}/{task}/seed{seed}/{method}.safetensors", w),
-            **{k: fmt(f"{LPT_RUN}/{f}", w) for k, f in LPT_FILES.items()},
         ),
+        files=files(inputs={"tokenized": "tokens"}, side={"checkpoint": checkpoint_path("lpt/{model}/{task}/seed{seed}/{method}")}),
     conda:
         ENV_FILE
     log:
@@ -62,7 +60,8 @@ rule summarise_lpt:
         table=reported(LPT_SUMMARY["table"], "lpt_table", "6. LPT", table="per run"),
         figure=reported(LPT_SUMMARY["figure"], "lpt_score_vs_step_time", "6. LPT", figure="score vs step time"),
     params:
-        args=args(**LPT_SUMMARY),
+        args=args(),
+        files=files(inputs=["metas"]),
     conda:
         ENV_FILE
     log:

@@ -17,7 +17,8 @@ rule build_model:
     wildcard_constraints:
         built="|".join(BUILT_MODELS),
     params:
-        args=lambda w: args(source=BUILT_MODELS[w.built], out_dir=f"results/models/{w.built}"),
+        args=lambda w: args(source=BUILT_MODELS[w.built]),
+        files=files(side={"out_dir": "results/models/{built}"}),
     conda:
         ENV_FILE
     log:

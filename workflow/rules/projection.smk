@@ -31,11 +31,8 @@ rule train_projector:
             objective=w.objective,
             settings=projection_plan.projector_settings(config, w.objective),
             seed=int(w.seed),
-            **projection_plan.projector_inputs(PAIRS[w.pair], w.objective, w.seed, PROMPT_FILE, TOKENS),
-            projector=fmt(f"{PROJ}/projector.safetensors", w),
-            curve=fmt(f"{PROJ}/curve.parquet", w),
-            meta=fmt(f"{PROJ}/meta.json", w),
         ),
+        files=files(inputs=True),
     conda:
         ENV_FILE
     log:
@@ -69,15 +66,10 @@ rule evaluate_projection:
         args=lambda w: args(
             target_spec=model_spec(config, PAIRS[w.pair]["target"]),
             task_spec=task_spec(config, w.task),
-            projector=fmt(f"{PROJ}/projector.safetensors", w),
-            source_prompt=projection_plan.model_path(PROMPT_FILE, PAIRS[w.pair], "source", w.task, w.seed),
-            target_prompt=projection_plan.model_path(PROMPT_FILE, PAIRS[w.pair], "target", w.task, w.seed),
-            tokenized=projection_plan.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
-            prompt=fmt(f"{PROJ_TASK}/prompt.safetensors", w),
-            predictions=fmt(f"{PROJ_TASK}/predictions.parquet", w),
-            scores=fmt(f"{PROJ_TASK}/scores.json", w),
             batch_size=pt_settings(config, w.task)["eval_batch_size"],
         ),
+        files=files(inputs={"projector": "projector", "source_prompt": "source_prompt",
+                            "target_prompt": "target_prompt", "tokenized": "tokens"}),
     conda:
         ENV_FILE
     log:
@@ -111,13 +103,9 @@ rule tpt_projected:
             task_spec=task_spec(config, w.task),
             settings=pt_settings(config, w.task),
             seed=int(w.seed),
-            tokenized=projection_plan.model_path(TOKENS, PAIRS[w.pair], "target", w.task, w.seed),
-            init_from=fmt(f"{PROJ_TASK}/prompt.safetensors", w),
-            prompt=fmt(f"{PROJ_TASK}/tpt/prompt.safetensors", w),
-            curve=fmt(f"{PROJ_TASK}/tpt/curve.parquet", w),
-            meta=fmt(f"{PROJ_TASK}/tpt/meta.json", w),
-            checkpoint=fmt("results/checkpoints/projection/{pair}/{objective}/seed{seed}/{task}.safetensors", w),
         ),
+        files=files(inputs={"tokenized": "tokens", "init_from": "init"},
+                    side={"checkpoint": checkpoint_path("projection/{pair}/{objective}/seed{seed}/{task}")}),
     conda:
         ENV_FILE
     log:
@@ -145,7 +133,8 @@ rule summarise_projection:
         table=reported(PROJ_SUMMARY["table"], "cross_model_table", "4. Cross-model projection", table="projection"),
         figure=reported(PROJ_SUMMARY["figure"], "cross_model", "4. Cross-model projection", figure="projection scores"),
     params:
-        args=args(runs=PROJ_RUNS, fraction=config["transfer"]["init"]["fraction"], **PROJ_SUMMARY),
+        args=args(runs=PROJ_RUNS, fraction=config["transfer"]["init"]["fraction"]),  # runs: paths with their pair, seed
+        files=files(),
     conda:
         ENV_FILE
     log:

@@ -15,12 +15,8 @@ rule train_prompt:
             task_spec=task_spec(config, w.task),
             settings=pt_settings(config, w.task),
             seed=int(w.seed),
-            tokenized=fmt(TOKENS, w),
-            prompt=fmt(f"{PROMPT}/prompt.safetensors", w),
-            curve=fmt(f"{PROMPT}/curve.parquet", w),
-            meta=fmt(f"{PROMPT}/meta.json", w),
-            checkpoint=fmt("results/checkpoints/{model}/{task}/seed{seed}.safetensors", w),
         ),
+        files=files(inputs={"tokenized": "tokens"}, side={"checkpoint": checkpoint_path("{model}/{task}/seed{seed}")}),
     conda:
         ENV_FILE
     log:
@@ -53,13 +49,10 @@ rule evaluate_prompt:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
-            prompt=fmt(f"{PROMPT}/prompt.safetensors", w),
-            tokenized=fmt(TOKENS, w),
-            predictions=fmt(f"{EVAL}/predictions.parquet", w),
-            scores=fmt(f"{EVAL}/scores.json", w),
             batch_size=pt_settings(config, w.task)["eval_batch_size"],
-            peft_dir=fmt(f"{PROMPT}/peft", w),
         ),
+        files=files(inputs={"prompt": "prompt", "tokenized": "tokens"}, skip=("peft_config", "peft_weights"),
+                    side={"peft_dir": f"{PROMPT}/peft"}),
     conda:
         ENV_FILE
     log:
@@ -101,7 +94,8 @@ rule summarise_prompts:
         curves_figure=reported(PT_SUMMARY["curves_figure"], "prompt_tuning_curves", "1. Prompt tuning",
                                figure="training curves"),
     params:
-        args=args(**PT_SUMMARY),
+        args=args(),
+        files=files(inputs=["metas", "curves", "scores", "data"]),
     conda:
         ENV_FILE
     log:

@@ -24,19 +24,18 @@ rule zero_shot_target:
         tokens=TOKENS,
         model=lambda w: model_inputs(w.model),
     output:
-        ZERO_SHOT,
+        output=ZERO_SHOT,
     params:
+        files=files(inputs={"tokenized": "tokens"}),
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             target_spec=task_spec(config, w.task),
-            tokenized=fmt(TOKENS, w),
             prompts=[
-                dict(task=t, seed=s, path=f"results/prompts/{w.model}/{t}/seed{s}/prompt.safetensors")
+                dict(task=t, seed=s, path=fmt(f"{PROMPT}/prompt.safetensors", dict(model=w.model, task=t, seed=s)))
                 for t in TASKS
                 for s in SEEDS
             ],
             random_seeds=config["transfer"]["random_seeds"],
-            output=fmt(ZERO_SHOT, w),
             batch_size=pt_settings(config, w.task)["eval_batch_size"],
         ),
     conda:
@@ -64,12 +63,13 @@ ZS_TABLE = dict(
 
 rule transfer_zero_shot:
     input:
-        ZS_TABLE["inputs"],
+        inputs=ZS_TABLE["inputs"],
     output:
         table=reported(ZS_TABLE["table"], "transfer_zero_shot_table", "2. Cross-task transfer", table="zero-shot"),
         heatmap=reported(ZS_TABLE["heatmap"], "transfer_zero_shot", "2. Cross-task transfer", figure="zero-shot heatmap"),
     params:
-        args=args(**ZS_TABLE),
+        args=args(),
+        files=files(inputs=["inputs"]),
     conda:
         ENV_FILE
     log:
@@ -87,7 +87,7 @@ rule transfer_zero_shot:
 rule train_init_transfer:
     """Train the target task's prompt starting from a source task's prompt (same budget as PT)."""
     input:
-        init=lambda w: f"results/prompts/{w.model}/{w.source}/seed{w.seed}/prompt.safetensors",
+        init=lambda w: fmt(f"{PROMPT}/prompt.safetensors", dict(w.items(), task=w.source)),
         tokens=TOKENS,
         model=lambda w: model_inputs(w.model),
     output:
@@ -102,13 +102,9 @@ rule train_init_transfer:
             task_spec=task_spec(config, w.task),
             settings=pt_settings(config, w.task),
             seed=int(w.seed),
-            tokenized=fmt(TOKENS, w),
-            init_from=fmt("results/prompts/{model}/{source}/seed{seed}/prompt.safetensors", w),
-            prompt=fmt(f"{TPT}/prompt.safetensors", w),
-            curve=fmt(f"{TPT}/curve.parquet", w),
-            meta=fmt(f"{TPT}/meta.json", w),
-            checkpoint=fmt("results/checkpoints/{model}/{task}/from-{source}-seed{seed}.safetensors", w),
         ),
+        files=files(inputs={"init_from": "init", "tokenized": "tokens"},
+                    side={"checkpoint": checkpoint_path("{model}/{task}/from-{source}-seed{seed}")}),
     conda:
         ENV_FILE
     log:
@@ -139,12 +135,9 @@ rule evaluate_init_transfer:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),
             task_spec=task_spec(config, w.task),
-            prompt=fmt(f"{TPT}/prompt.safetensors", w),
-            tokenized=fmt(TOKENS, w),
-            predictions=fmt(f"{TPT}/predictions.parquet", w),
-            scores=fmt(f"{TPT}/scores.json", w),
             batch_size=pt_settings(config, w.task)["eval_batch_size"],
         ),
+        files=files(inputs={"prompt": "prompt", "tokenized": "tokens"}),
     conda:
         ENV_FILE
     log:
@@ -188,7 +181,8 @@ rule transfer_init:
         table=reported(TPT_TABLE["table"], "transfer_init_table", "2. Cross-task transfer", table="TPT"),
         figure=reported(TPT_TABLE["figure"], "transfer_init_curves", "2. Cross-task transfer", figure="TPT curves"),
     params:
-        args=args(**TPT_TABLE),
+        args=args(runs=TPT_TABLE["runs"], fraction=TPT_TABLE["fraction"]),  # runs: paths with their task and seed
+        files=files(),
     conda:
         ENV_FILE
     log:
