@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
@@ -63,12 +62,11 @@ def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list
     fig, axes = plt.subplots(1, df["model"].nunique(), figsize=(5 * df["model"].nunique(), 3.6), squeeze=False)
     for ax, (model, _) in zip(axes[0], df.groupby("model")):
         for path in curves:
-            curve = read_parquet(path)
-            parts = Path(path).parts
-            if model not in parts:
+            prov = parquet_provenance(path)  # what produced the curve, not where it lies
+            if prov.get("model") != model:
                 continue
-            task, seed = parts[-3], parts[-2]
-            ax.plot(curve["step"], curve["dev_score"], marker="o", ms=3, label=f"{task} {seed}")
+            curve = read_parquet(path)
+            ax.plot(curve["step"], curve["dev_score"], marker="o", ms=3, label=f"{prov['task']} seed{prov['seed']}")
         ax.set_title(f"{model}: dev score during training")
         ax.set_xlabel("step")
         ax.set_ylabel("dev score")

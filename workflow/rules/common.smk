@@ -71,7 +71,8 @@ ENV_FILE = "../../environment.yml"  # conda: directive of every rule (used with 
 
 
 def step(name):
-    """Shell command of a rule: one pipeline step, its JSON arguments from params.args, log to {log}."""
+    """Shell command of a rule: one pipeline step, its settings from params.args and its paths from
+    params.files (both JSON), log to {log}."""
     return (f"PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}} {PYTHON} -m pipeline_steps {name} "
             f"--threads {{threads}} --args {{params.args:q}} --files {{params.files:q}} > {{log}} 2>&1")
 
