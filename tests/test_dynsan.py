@@ -109,6 +109,32 @@ def test_full_attention_drops_interior_padding():
     assert torch.equal(out[~mask], u[~mask])                           # padding passes through unchanged
 
 
+def test_explore_draws_part_of_the_picks_at_random_while_training_only():
+    """``explore``: in training, the gate's top (k - r) plus r tokens drawn among the rest (r = explore * k);
+    in evaluation, the gate's top k, as without it. Padding is never drawn."""
+    blk = block(conv=False, k=4, explore=0.5)
+    u = torch.randn(1, 12, 8)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[0, 10:] = False
+    blk(u, mask)                                             # eval mode: plain top-k
+    g = blk.last_gate[0]
+    assert all(set(blk.last_selected[0, h].tolist()) == set(g[h].topk(4).indices.tolist()) for h in range(2))
+    blk.train()
+    draws = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        blk(u, mask)
+        for h in range(2):
+            picked = set(blk.last_selected[0, h].tolist())
+            top2 = set(g[h].topk(2).indices.tolist())
+            assert len(picked) == 4 and top2 <= picked and not picked & {10, 11}
+            draws.add(frozenset(picked - top2))
+    assert len(draws) > 5                                    # the other two vary from step to step
+    assert block(k=4, explore=0.0).explore == 0.0
+    with pytest.raises(ValueError, match="explore must be in"):
+        ModelConfig.from_dict({"explore": 1.0})
+
+
 def test_match_bias_links_occurrences_of_the_same_token():
     """``match_bias``: each head adds its learned b_h to the score of two selected occurrences of one token
     id (ids 0/1, padding and unknown, link nothing); without ids (encoder, passage block) nothing changes."""

@@ -1,14 +1,13 @@
-"""Settings of the DynSAN stage (no torch import): the network, one variant (ablation) and training."""
+"""Settings of the DynSAN stage (no torch import): the network, one variant (ablation) and training;
+the section's cross-checks and the specs of its jobs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..settings import SCHEMA_CAP, SchemaSection, Settings
-
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, unknown_name
+from ..settings import SCHEMA_CAP, SchemaSection, Settings
 
 SELECTIONS = ("gated", "random", "all")
 # splits drawn for a task without its own (dynsan.tasks.<name>.split; the schema writes the same defaults):
@@ -50,6 +49,11 @@ class ModelConfig(Settings):
     # country in another); docs/dynsan.md, "What the two-hop questions need"
     match_bias: bool = False
     match_bias_init: float = 5.0  # its initial value (per head, learned)
+    # not in the paper: while training, this share of each head's k picks is drawn at random among the
+    # tokens the gate did not pick (epsilon-greedy top-k); evaluation keeps the gate's top k. The top-k
+    # choice passes no gradient, so a gate that starts by picking the wrong tokens never learns that others
+    # matter; docs/dynsan.md, "Training that learns the haystack"
+    explore: float = 0.0
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
@@ -64,6 +68,8 @@ class ModelConfig(Settings):
                              "use selection 'random' or 'all' without a gate")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.explore < 1:
+            raise ValueError(f"explore must be in [0, 1), got {self.explore}")
         if self.conv_kernel % 2 == 0:  # padding kernel // 2 keeps the length (the residual's shape) only if odd
             raise ValueError(f"conv_kernel must be odd (an even kernel changes the sequence length and breaks "
                              f"the residual connection), got {self.conv_kernel}")
@@ -99,7 +105,7 @@ class TrainConfig(Settings):
 
 
 # variant keys that are model switches, and the ones that change the data or the loss
-VARIANT_MODEL_KEYS = ("selection", "gate", "conv", "cross_passage", "self_attention", "match_bias", "k")
+VARIANT_MODEL_KEYS = ("selection", "gate", "conv", "cross_passage", "self_attention", "match_bias", "explore", "k")
 VARIANT_KEYS = VARIANT_MODEL_KEYS + ("beta", "passages")
 
 

@@ -61,6 +61,7 @@ class DynSABlock(nn.Module):
         super().__init__()
         d, self.heads, self.k = cfg.d, cfg.heads, cfg.k
         self.selection, self.use_gate, self.use_attention = cfg.selection, cfg.gate, cfg.self_attention
+        self.explore = cfg.explore
         self.convs = nn.ModuleList([SeparableConv(d, cfg.conv_kernel, cfg.dropout) for _ in range(2)]) if cfg.conv else nn.ModuleList()
         self.norm = nn.LayerNorm(d)
         self.fc = nn.Linear(d, d)
@@ -92,8 +93,12 @@ class DynSABlock(nn.Module):
             idx = order[:, None, :].expand(b, self.heads, n)
             valid = torch.gather(mask, 1, order)[:, None, :].expand(b, self.heads, n)
         else:
-            scores = g if self.selection == "gated" else torch.rand(g.shape, device=p.device)
-            idx, valid = select_positions(scores.detach(), mask, self.k)
+            scores = g.detach() if self.selection == "gated" else torch.rand(g.shape, device=p.device)
+            explored = round(self.explore * min(self.k, length)) if self.training and self.selection == "gated" else 0
+            if explored:  # the gate's top (k - r), then r drawn at random among the rest (epsilon-greedy)
+                top = select_positions(scores, mask, min(self.k, length) - explored)[0]
+                scores = torch.rand(g.shape, device=p.device).scatter(-1, top, 2.0)  # 2 > any draw in [0, 1)
+            idx, valid = select_positions(scores, mask, self.k)
         self.last_selected = torch.where(valid, idx, -1).detach()
         gather = idx[..., None].expand(-1, -1, -1, dh)
         qs, ks, vs = (torch.gather(t, 2, gather) for t in (q, k, v))

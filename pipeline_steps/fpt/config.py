@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..settings import SchemaSection, Settings
-
 from ..errors import UserError, unknown_name
+from ..settings import SchemaSection, Settings
 
 SELECTIONS = ("evenly", "first")  # how a depth-reduced stage picks its layers
 CLASS_VECTORS = ("full", "partial")  # embedding verbalizer of a partial stage

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import SCHEMA_CAP, SchemaSection, Settings
-
 from ..errors import UserError, unknown_name
+from ..settings import SCHEMA_CAP, SchemaSection, Settings
 from ..specs import pt_settings
 
 OBJECTIVES = ("distance", "task")
