@@ -48,6 +48,8 @@ def test_kpt_target_table_figures_and_incremental_kb_change(workdir):
     few = df[df.shots == 2]
     assert "kpt-no-learnable" in set(few["variant"]) and set(few["mode"]) == {"prompt"}
     assert df["score"].between(0, 1).all() and (df["n_test"] > 0).all()
+    # the seed statistics of every summary table: one seed here, so the mean is the score, no interval
+    assert (df["n_seeds"] == 1).all() and (df["score_mean"] == df["score"]).all() and df["score_ci_low"].isna().all()
     words = pd.read_parquet(workdir / "results/kpt/tiny-bert/movies/vader/seed1/zero-shot/words.parquet")
     assert (words[words.variant == "kpt"].source == "kb").sum() > 10  # the lexicon contributed words
     # the shipped blocklist removed VADER's slurs and violent words before the cap (issue #23)

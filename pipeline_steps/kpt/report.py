@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..figures import pyplot, save_figure
 from ..io import read_json, read_parquet, stable_hash, write_parquet
+from ..stats import add_seed_stats
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ def summarise_kpt(*, scores: list[str], words: list[str], metas: list[str], tabl
     df["variant_rank"] = df["variant"].map({v: i for i, v in enumerate(ORDER)})
     df = df.sort_values(["model", "task", "knowledge_base", "shots", "mode", "seed", "variant_rank"])
     df = df[COLUMNS].reset_index(drop=True)
-    write_parquet(df, table, metadata={"step": "summarise_kpt",
+    # the seed statistics every summary table carries (docs/statistics.md): over the seeds of one setting
+    df = add_seed_stats(df, ["model", "task", "knowledge_base", "shots", "mode", "variant"], ["score"])
+    write_parquet(df, table, metadata={"step": "summarise_kpt", "interval": "95% Student t over seeds",
                                        "inputs_hash": stable_hash(df.drop(columns=["train_seconds"]).to_dict("records"))})
     plt = pyplot()
     _shots_figure(plt, df, shots_figure)
