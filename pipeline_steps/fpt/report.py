@@ -8,6 +8,7 @@ import pandas as pd
 from ..errors import UserError
 from ..figures import pyplot, save_figure
 from ..io import parquet_provenance, read_json, read_parquet, stable_hash, write_parquet
+from .config import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def summarise_fpt(*, metas: list[str], scores: list[str], stage_metas: list[str]
     df["wall_ratio_vs_pt"] = df["wall_seconds"].to_numpy() / base.loc[key, "wall_seconds"].to_numpy()
     df["cpu_ratio_vs_pt"] = df["cpu_seconds"].to_numpy() / base.loc[key, "cpu_seconds"].to_numpy()
     df["score_diff_vs_pt"] = df["score"].to_numpy() - base.loc[key, "score"].to_numpy()
-    order = {"pt": 0, "fpt_depth": 1, "fpt_width": 2, "fpt_compound": 3}
+    order = {m: i for i, m in enumerate(("pt", *METHODS))}  # the baseline, then fpt.config.METHODS
     df = df.sort_values(["model", "task", "seed", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
     df = df.reset_index(drop=True)[["model", "task", "seed", "method", "metric", "score", "score_diff_vs_pt", "steps",
                                     "flops", "flops_ratio_vs_pt", "wall_seconds", "wall_ratio_vs_pt", "cpu_seconds",

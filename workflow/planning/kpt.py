@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 
+from pipeline_steps.kpt.config import MODES
+
 RUN = "results/kpt/{model}/{task}/{kb}/seed{seed}/{setting}"
 FILES = {"words": "words.parquet", "scores": "scores.parquet", "meta": "meta.json"}
-SETTING = r"zero-shot|[0-9]+shot-(prompt|model)"
+SETTING = r"zero-shot|[0-9]+shot-(" + "|".join(MODES) + ")"  # built from kpt.config.MODES
 TOKENS_AT_LENGTH = "results/kpt/tokens/{task}/tokens-{model}-len{length}.parquet"  # kpt.prompt_tuning.max_length
 
 

@@ -7,6 +7,9 @@
 from planning.fpt import (FPT_FILES, FPT_RUN, FPT_SCORES, fpt_final_prompt, fpt_settings,
                           fpt_stage_args, fpt_stage_inputs, fpt_stage_paths, fpt_summary_inputs)
 
+from pipeline_steps.fpt.config import METHODS as FPT_METHODS
+
+FPT_METHOD = "|".join(("pt",) + tuple(FPT_METHODS))  # "pt": the full-model baseline run by the same step
 FPT_STAGE = f"{FPT_RUN}/stage{{stage}}"
 FPT_EVAL = f"{FPT_RUN}/eval"
 
@@ -47,7 +50,7 @@ rule fpt_stage:
     output:
         **{k: f"{FPT_STAGE}/{f}" for k, f in FPT_FILES.items()},
     wildcard_constraints:
-        method="pt|fpt_depth|fpt_width|fpt_compound",
+        method=FPT_METHOD,
         stage=r"\d+",
     params:
         args=lambda w: args(
@@ -83,7 +86,7 @@ rule fpt_evaluate:
         predictions=f"{FPT_EVAL}/predictions.parquet",
         scores=f"{FPT_EVAL}/scores.json",
     wildcard_constraints:
-        method="pt|fpt_depth|fpt_width|fpt_compound",
+        method=FPT_METHOD,
     params:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),

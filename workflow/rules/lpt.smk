@@ -3,6 +3,7 @@
 # fresh job process, train, score the test split. "pt" is input prompt tuning on the same settings.
 
 from planning.lpt import lpt_grid, lpt_late, lpt_settings  # the science: pipeline_steps/lpt/
+from pipeline_steps.lpt.config import LPT_METHODS
 
 LPT_GRID = lpt_grid(config)
 LPT_RUN = "results/lpt/{model}/{task}/seed{seed}/{method}"
@@ -17,7 +18,7 @@ rule lpt_run:
     output:
         **{k: f"{LPT_RUN}/{f}" for k, f in LPT_FILES.items()},
     wildcard_constraints:
-        method="pt|lpt_naive|lpt_npg|lpt_appg|lpt_mppg",
+        method="|".join(("pt",) + LPT_METHODS),
     params:
         args=lambda w: args(
             model_spec=model_spec(config, w.model),

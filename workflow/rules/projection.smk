@@ -3,6 +3,7 @@
 # as TPT initialization. Pairs and paths: workflow/planning/projection.py; the science:
 # pipeline_steps/transferability/.
 from planning import projection as projection_plan  # config checked with the rest in common.smk
+from pipeline_steps.transferability.config import OBJECTIVES
 
 PAIRS = projection_plan.pairs(config)
 PROJ = "results/projection/{pair}/{objective}/seed{seed}"
@@ -12,7 +13,7 @@ PROMPT_FILE = f"{PROMPT}/prompt.safetensors"
 
 wildcard_constraints:
     pair=NAME,
-    objective="distance|task",
+    objective="|".join(OBJECTIVES),
 
 
 rule train_projector:
