@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 # measured on the clock or by the allocator: they change from run to run at equal results
-TIMING = r"(seconds|_time|time_|elapsed|memory|_mb$|peak_|speedup_wall|step_time|wall|cpu_s|per_s|throughput)"
+TIMING = r"(seconds|_time|time_|elapsed|memory|_mb$|peak_|speedup_wall|step_time|wall|cpu_s|cpu_ratio|step_ratio|per_second|_per_s$|throughput)"
 
 
 def tables_dir(path: Path) -> Path:
