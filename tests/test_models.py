@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,19 @@ def test_resolve_errors(tmp_path):
         registry.resolve({"name": "x", "source": "tiny:bert"}, models_dir=tmp_path)
     assert registry.resolve({"name": "x", "source": "roberta-base"}) == "roberta-base"  # hub ids pass through
     assert registry.built_files("embedded:minilm-l6") == []
+
+
+def test_tiny_bert_tokenizer_is_the_same_in_every_process():
+    """The tiny BERT's vocabulary is built deterministically (the HF WordPiece trainer broke frequency ties
+    differently per process, so two builds tokenized the same text differently)."""
+    import subprocess
+    import sys
+
+    code = ("import json; from pipeline_steps.models.build import _train_tokenizer; "
+            "t = _train_tokenizer('bert'); print(json.dumps(sorted(t.get_vocab().items())))")
+    vocabs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+              for _ in range(2)]
+    assert vocabs[0] == vocabs[1]
+    vocab = dict(json.loads(vocabs[0]))
+    assert vocab["[PAD]"] == 0 and vocab["[MASK]"] == 4
+    assert {"great", "terrible", "good", "bad", "sports", "science", "business", "politics"} <= set(vocab)

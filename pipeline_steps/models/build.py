@@ -251,17 +251,38 @@ def demo_corpus() -> list[str]:
     return lines
 
 
+def _wordpiece_vocab(corpus: list[str], specials: list[str], size: int) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: the specials, every character (alone and as a ``##``
+    continuation), the words of the corpus's last line (the label words), then whole words by frequency
+    (ties alphabetical). Not the HF WordPiece trainer: it breaks frequency ties in an order that changes
+    from process to process, so two builds of ``tiny:bert`` tokenized differently."""
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+
+    def words(line: str) -> list[str]:
+        return [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(line))]
+
+    counts = Counter(w for line in corpus for w in words(line))
+    chars = sorted({c for w in counts for c in w})
+    vocab = list(dict.fromkeys(specials + chars + ["##" + c for c in chars] + words(corpus[-1])))
+    ranked = sorted((w for w in counts if len(w) > 1 and w not in vocab), key=lambda w: (-counts[w], w))
+    vocab += ranked[: max(0, size - len(vocab))]
+    return {token: i for i, token in enumerate(vocab)}
+
+
 def _train_tokenizer(kind: str):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     corpus = demo_corpus()
     if kind == "bert":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(vocab=_wordpiece_vocab(corpus, specials, 800), unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
