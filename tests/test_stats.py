@@ -139,6 +139,7 @@ def test_fpt_and_lpt_summaries_report_seed_intervals(tmp_path):
 
 
 def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
+    from pipeline_steps.errors import UserError
     from pipeline_steps.io import write_json, write_parquet
     from pipeline_steps.prompt_tuning.report import summarise_prompt_tuning
 
@@ -148,12 +149,20 @@ def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
         write_json({"model": "m", "task": "t", "seed": seed, "verbalizer": "mlm", "prompt_length": 4, "steps": 10,
                     "best_dev_score": score, "best_step": 10, "train_seconds": 1.0, "config_hash": "x"}, d / "meta.json")
         write_json({"metric": "accuracy", "score": score, "n": 10}, d / "scores.json")
-        write_parquet(pd.DataFrame({"step": [1, 10], "dev_score": [0.5, score]}), d / "curve.parquet")
+        write_parquet(pd.DataFrame({"step": [1, 10], "dev_score": [0.5, score]}), d / "curve.parquet",
+                      metadata={"model": "m", "task": "t", "seed": seed})  # as train-prompt writes it
         metas.append(str(d / "meta.json"))
         scores.append(str(d / "scores.json"))
         curves.append(str(d / "curve.parquet"))
     df = summarise_prompt_tuning(metas=metas, scores=scores, curves=curves, table=str(tmp_path / "pt.parquet"),
                                  scores_figure=str(tmp_path / "s.png"), curves_figure=str(tmp_path / "c.png"))
+    # a curve without provenance (model, task, seed) is refused, naming the file, before a figure is drawn
+    write_parquet(pd.DataFrame({"step": [1], "dev_score": [0.5]}), tmp_path / "bare.parquet")
+    with pytest.raises(UserError, match="bare.parquet: the curve names no model, task and seed"):
+        summarise_prompt_tuning(metas=metas, scores=scores, curves=curves + [str(tmp_path / "bare.parquet")],
+                                table=str(tmp_path / "pt2.parquet"), scores_figure=str(tmp_path / "s2.png"),
+                                curves_figure=str(tmp_path / "c2.png"))
+    assert not (tmp_path / "pt2.parquet").exists()  # refused before anything is written
     assert df["test_score_mean"].tolist() == pytest.approx([0.8] * 3) and (df["n_seeds"] == 3).all()
     assert df["test_score_ci_low"].iloc[0] == pytest.approx(0.8 - 4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
     assert df["dev_score_std"].iloc[0] == pytest.approx(0.1)

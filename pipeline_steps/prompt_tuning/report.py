@@ -5,6 +5,7 @@ import logging
 
 import pandas as pd
 
+from ..errors import UserError
 from ..figures import pyplot, save_figure
 from ..io import parquet_provenance, read_json, read_parquet, stable_hash, write_parquet
 
@@ -29,6 +30,13 @@ def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list
     task's ``k_shot_shortfall`` from its data table (``data``; NA where unknown)."""
     from ..stats import add_seed_stats, mean_interval
 
+    curve_runs = {}  # what produced each curve (its provenance), checked before anything is written
+    for path in curves:
+        prov = parquet_provenance(path)
+        if not {"model", "task", "seed"} <= set(prov):
+            raise UserError(f"{path}: the curve names no model, task and seed in its provenance; "
+                            f"rebuild it with the train-prompt step")
+        curve_runs[path] = prov
     plt = pyplot()
     rows = []
     for meta_path, score_path in zip(metas, scores):
@@ -62,8 +70,8 @@ def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list
     fig, axes = plt.subplots(1, df["model"].nunique(), figsize=(5 * df["model"].nunique(), 3.6), squeeze=False)
     for ax, (model, _) in zip(axes[0], df.groupby("model")):
         for path in curves:
-            prov = parquet_provenance(path)  # what produced the curve, not where it lies
-            if prov.get("model") != model:
+            prov = curve_runs[path]
+            if prov["model"] != model:
                 continue
             curve = read_parquet(path)
             ax.plot(curve["step"], curve["dev_score"], marker="o", ms=3, label=f"{prov['task']} seed{prov['seed']}")
