@@ -253,6 +253,8 @@ class Checkpoint:
         tensors, meta = load_tensors(self.path)
         if meta.get("tag") != tag:
             raise RuntimeError("checkpoint belongs to other settings")
+        if not isinstance(meta.get("state"), dict) or not isinstance(meta.get("opt_steps"), dict):
+            raise RuntimeError("checkpoint of an older format (no state in its metadata)")
         if {k.split(".", 1)[1] for k in tensors if k.startswith("param.")} != set(params):
             raise RuntimeError("checkpoint holds other parameters")
         missing = set(groups) - set(meta.get("groups", []))

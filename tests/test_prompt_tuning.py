@@ -279,3 +279,19 @@ def test_log_eval_schedule_adds_curve_points_keeps_the_prompt_and_resumes_exactl
     assert [(r["step"], r["dev_score"]) for r in state_r.curve] == [(r["step"], r["dev_score"]) for r in state_l.curve]
     with pytest.raises(ValueError, match="eval_schedule"):
         PromptTuningConfig.from_dict({"eval_schedule": "linear"})
+
+
+def test_checkpoint_of_the_older_two_file_format_is_ignored_and_changes_nothing(bert, tmp_path):
+    """A checkpoint written before the one-file format (tensors with only tag and step in their metadata,
+    the counters in a JSON beside them) is ignored, and the parameters keep their values."""
+    from pipeline_steps.io import save_tensors
+
+    model = make_model(bert)
+    before = model.prompt.detach().clone()
+    ck = Checkpoint(tmp_path / "ck.safetensors")
+    save_tensors({"param.prompt": torch.zeros_like(before), "best.prompt": torch.zeros_like(before)}, ck.path,
+                 metadata={"tag": "t", "step": 2})
+    opt = torch.optim.AdamW([model.prompt])
+    with pytest.raises(RuntimeError, match="older format"):
+        ck.load({"prompt": model.prompt}, opt, "t")
+    assert torch.equal(model.prompt, before)
