@@ -292,18 +292,20 @@ def optimizer_step(loss_of: Callable[[], torch.Tensor], optimizer, params: dict,
     return loss.item()
 
 
+def classifier_loss(model, batch: dict, amp=None, loss_fn: Callable | None = None) -> torch.Tensor:
+    """A classifier's training loss on one batch: ``model(input_ids, attention_mask, mask_pos)`` returns class
+    logits (forward in train mode, under ``amp``); ``loss_fn(logits, batch)`` defaults to cross-entropy on
+    ``batch["labels"]`` (it may add terms, e.g. a regulariser)."""
+    model.train()
+    with amp or torch.autocast("cpu", enabled=False):
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
+    return loss_fn(logits, batch) if loss_fn else F.cross_entropy(logits.float(), batch["labels"])
+
+
 def training_step(model, batch: dict, optimizer, params: dict, lr: float, grad_clip: float, *, amp=None,
                   loss_fn: Callable | None = None, on_nan: str = "loss is {loss}") -> float:
-    """``optimizer_step`` for a classifier: ``model(input_ids, attention_mask, mask_pos)`` returns class
-    logits (forward under ``amp``); ``loss_fn(logits, batch)`` defaults to cross-entropy on
-    ``batch["labels"]`` (it may add terms, e.g. a regulariser)."""
-    def loss_of() -> torch.Tensor:
-        model.train()
-        with amp or torch.autocast("cpu", enabled=False):
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
-        return loss_fn(logits, batch) if loss_fn else F.cross_entropy(logits.float(), batch["labels"])
-
-    return optimizer_step(loss_of, optimizer, params, lr, grad_clip, on_nan)
+    """``optimizer_step`` on ``classifier_loss`` of one batch."""
+    return optimizer_step(lambda: classifier_loss(model, batch, amp, loss_fn), optimizer, params, lr, grad_clip, on_nan)
 
 
 def _snapshot(tensors: dict) -> dict:
@@ -422,11 +424,7 @@ def train_module(model, train: TokenizedSplit, dev: TokenizedSplit, cfg: PromptT
     sampler = EpochSampler(train.lengths(), cfg.batch_size, seed, cfg.bucket_batches)
 
     def loss_at(step: int) -> torch.Tensor:
-        batch = train.batch(sampler.rows(step), device)
-        model.train()
-        with amp or torch.autocast("cpu", enabled=False):
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["mask_pos"])
-        return F.cross_entropy(logits.float(), batch["labels"])
+        return classifier_loss(model, train.batch(sampler.rows(step), device), amp)
 
     def dev_score(step: int) -> float:
         logits = predict(model, dev, cfg.eval_batch_size, device, amp=amp)

@@ -69,11 +69,13 @@ def fpt_stage_args(cfg: dict, wc: dict) -> dict:
             "selection": cfg["fpt"]["layer_selection"], "class_vectors": cfg["fpt"]["class_vectors"]}
 
 
-def fpt_stage_paths(inputs: dict, outputs: dict) -> dict:
-    """The path arguments of ``fpt_stage`` from the rule's named inputs (``fpt_stage_inputs``) and outputs:
-    the stage's own files, the neuron scores (width stages) and the previous stage's files."""
-    previous = {k[len("previous_"):]: v for k, v in inputs.items() if k.startswith("previous_")}
-    return {**outputs, "tokenized": inputs["tokens"], "scores": inputs.get("scores"), "previous": previous or None}
+def fpt_stage_paths(paths: dict) -> dict:
+    """The path arguments of ``fpt_stage`` from the rule's named inputs (``fpt_stage_inputs``) and outputs,
+    one flat mapping: the stage's own files, ``tokens`` as ``tokenized``, the neuron scores (width stages;
+    None otherwise) and the ``previous_*`` files grouped as ``previous`` (None at stage 0)."""
+    out = {k: v for k, v in paths.items() if k not in ("tokens", "scores") and not k.startswith("previous_")}
+    previous = {k[len("previous_"):]: v for k, v in paths.items() if k.startswith("previous_")}
+    return {**out, "tokenized": paths["tokens"], "scores": paths.get("scores"), "previous": previous or None}
 
 
 def fpt_final_prompt(cfg: dict, wc: dict) -> str:

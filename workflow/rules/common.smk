@@ -90,12 +90,13 @@ def _plain(value):
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
 
 
-def files(inputs=None, side=None, skip=()):
+def files(inputs=None, side=None, skip=(), shape=None):
     """params.files: the step's path arguments from the rule's own ``output`` (every named output, but
     ``skip``), ``inputs`` (step argument -> the rule's input name; a list: the same names; True: every
     named input but ``model``, the built model files, and ``skip``) and ``side`` files (step argument ->
     a pattern of a file that is neither input nor output, a checkpoint). Each path is written once: as
-    the rule's input or output."""
+    the rule's input or output. ``shape``: a function that regroups that flat mapping into the step's
+    arguments (FPT's previous-stage files)."""
     if isinstance(inputs, (list, tuple)):
         inputs = {name: name for name in inputs}
 
@@ -104,7 +105,7 @@ def files(inputs=None, side=None, skip=()):
         named = {k: k for k, _ in input.items() if k != "model" and k not in skip} if inputs is True else inputs
         out.update({arg: _plain(getattr(input, name)) for arg, name in (named or {}).items()})
         out.update({arg: fmt(pattern, wildcards) for arg, pattern in (side or {}).items()})
-        return json.dumps(out, sort_keys=True)
+        return json.dumps(shape(out) if shape else out, sort_keys=True)
 
     return build
 

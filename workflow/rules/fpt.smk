@@ -58,9 +58,8 @@ rule fpt_stage:
             task_spec=task_spec(config, w.task),
             **fpt_stage_args(config, dict(w.items())),
         ),
-        files=lambda w, input, output: json.dumps(dict(
-            fpt_stage_paths({k: _plain(v) for k, v in input.items() if k != "model"}, {k: str(v) for k, v in output.items()}),
-            checkpoint=fmt(checkpoint_path("fpt/{model}/{task}/seed{seed}/{method}/stage{stage}"), w)), sort_keys=True),
+        files=files(inputs=True, side={"checkpoint": checkpoint_path("fpt/{model}/{task}/seed{seed}/{method}/stage{stage}")},
+                    shape=fpt_stage_paths),
     conda:
         ENV_FILE
     log:
