@@ -68,18 +68,9 @@ def check_references(cfg: dict, origin: str) -> None:
     tasks_used, models_used = used_tasks(cfg), used_models(cfg)
     for name, task in cfg["tasks"].items():
         where = f"{origin}: key 'tasks.{name}"
-        problem = template_problem(task["template"], len(task["text_fields"]))
-        if problem:
-            raise UserError(f"{where}.template': {problem}")
-        if set(task["label_words"]) != set(task["label_names"]):
-            raise UserError(
-                f"{where}.label_words': keys {sorted(task['label_words'])} must match "
-                f"label_names {task['label_names']}")
+        check_task_entry(task, lambda key: f"{where}.{key}'")
         src = task["source"]
-        if "demo" in src:
-            src.setdefault("size", 600)
         if "path" in src:
-            src.setdefault("split_field", None)
             if name in tasks_used and not _path_test(Path(src["path"]).exists, f"{where}.source.path'"):
                 raise UserError(f"{where}.source.path': data file '{src['path']}' does not exist "
                                 f"(used by {tasks_used[name]}; relative paths are read from {Path.cwd()})")
@@ -104,6 +95,23 @@ def check_references(cfg: dict, origin: str) -> None:
                 mpnet_pieces()
             except UserError as e:
                 raise UserError(f"{origin}: key 'models.{name}.source': {e}") from None
+
+
+def check_task_entry(task: dict, key) -> None:
+    """One task entry (a config's ``tasks.<name>`` or a step's task spec): the source's defaults filled in
+    place, the template (``template_problem``) and the label words' classes. ``key(name)`` names a key
+    in the messages."""
+    src = task["source"]
+    if "demo" in src:
+        src.setdefault("size", 600)
+    if "path" in src:
+        src.setdefault("split_field", None)
+    problem = template_problem(task["template"], len(task["text_fields"]))
+    if problem:
+        raise UserError(f"{key('template')}: {problem}")
+    if set(task["label_words"]) != set(task["label_names"]):
+        raise UserError(f"{key('label_words')}: keys {sorted(task['label_words'])} must match "
+                        f"label_names {task['label_names']}")
 
 
 def _path_test(test, where: str) -> bool:

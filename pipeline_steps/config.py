@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .checks import check_references, template_problem
+from .checks import check_references, check_task_entry
 from .errors import UserError, shown
 from .io import read_text
 
@@ -220,14 +220,5 @@ def check_spec(value: Any, kind: str, where: str) -> None:
     if errors:
         raise _schema_error(errors[0], where)
     _fill_defaults(value, node, schema)
-    if kind == "task" and "demo" in value["source"]:
-        value["source"].setdefault("size", 600)
-    if kind == "task" and "path" in value["source"]:
-        value["source"].setdefault("split_field", None)
     if kind == "task":
-        problem = template_problem(value["template"], len(value["text_fields"]))
-        if problem:
-            raise UserError(f"{where}: key 'template': {problem}")
-        if set(value["label_words"]) != set(value["label_names"]):
-            raise UserError(f"{where}: key 'label_words': keys {sorted(value['label_words'])} must match "
-                            f"label_names {value['label_names']}")
+        check_task_entry(value, lambda key: f"{where}: key '{key}'")
