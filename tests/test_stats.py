@@ -147,7 +147,9 @@ def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
     for seed, score in ((1, 0.7), (2, 0.8), (3, 0.9)):
         d = tmp_path / "m" / "t" / f"seed{seed}"
         write_json({"model": "m", "task": "t", "seed": seed, "verbalizer": "mlm", "prompt_length": 4, "steps": 10,
-                    "best_dev_score": score, "best_step": 10, "train_seconds": 1.0, "config_hash": "x"}, d / "meta.json")
+                    "best_dev_score": score, "best_step": 10, "train_seconds": 1.0, "config_hash": "x",
+                    "settings": {"lr": 0.05, "batch_size": 8, "max_length": 32, "init": "vocab", "bucket_batches": 4,
+                                 "weight_decay": 0.0, "warmup_steps": 0, "steps": 10}}, d / "meta.json")
         write_json({"metric": "accuracy", "score": score, "n": 10}, d / "scores.json")
         write_parquet(pd.DataFrame({"step": [1, 10], "dev_score": [0.5, score]}), d / "curve.parquet",
                       metadata={"model": "m", "task": "t", "seed": seed})  # as train-prompt writes it
@@ -168,8 +170,12 @@ def test_prompt_tuning_summary_reports_seed_intervals(tmp_path):
     assert df["dev_score_std"].iloc[0] == pytest.approx(0.1)
     # without the data tables the shortfall is unknown; every other column is as before
     assert df["k_shot_shortfall"].isna().all() and str(df["k_shot_shortfall"].dtype) == "Int64"
+    # the settings that shaped each prompt are columns beside its config hash (issue 20)
+    assert df["lr"].tolist() == [0.05] * 3 and df["batch_size"].tolist() == [8] * 3
+    assert df["bucket_batches"].tolist() == [4] * 3 and df["init"].tolist() == ["vocab"] * 3
     assert list(df.columns) == [  # the columns the table had before the count, then the count
-        "model", "task", "seed", "verbalizer", "prompt_length", "steps", "metric", "dev_score", "best_step",
+        "model", "task", "seed", "verbalizer", "prompt_length", "steps", "lr", "batch_size", "max_length", "init",
+        "bucket_batches", "weight_decay", "warmup_steps", "metric", "dev_score", "best_step",
         "test_score", "n_test", "train_seconds", "config_hash", "test_score_mean", "test_score_std",
         "test_score_ci_low", "test_score_ci_high", "dev_score_mean", "dev_score_std", "dev_score_ci_low",
         "dev_score_ci_high", "n_seeds", "k_shot_shortfall"]

@@ -23,6 +23,10 @@ def data_shortfall(data: list[str]) -> dict:
     return out
 
 
+# prompt-tuning settings that change a run's result, as columns of the table (None: not recorded)
+RESULT_SETTINGS = ("lr", "batch_size", "max_length", "init", "bucket_batches", "weight_decay", "warmup_steps")
+
+
 def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list[str], table: str,
                             scores_figure: str, curves_figure: str, data: list[str] | None = None) -> pd.DataFrame:
     """One row per (model, task, seed) run: settings, best dev and test score, time; the mean, std
@@ -41,9 +45,11 @@ def summarise_prompt_tuning(*, metas: list[str], scores: list[str], curves: list
     rows = []
     for meta_path, score_path in zip(metas, scores):
         meta, result = read_json(meta_path), read_json(score_path)
+        settings = meta.get("settings", {})  # the settings that shaped the prompt, beside its config hash
         rows.append({"model": meta["model"], "task": meta["task"], "seed": meta["seed"],
                      "verbalizer": meta["verbalizer"], "prompt_length": meta["prompt_length"],
-                     "steps": meta["steps"], "metric": result["metric"], "dev_score": meta["best_dev_score"],
+                     "steps": meta["steps"], **{k: settings.get(k) for k in RESULT_SETTINGS},
+                     "metric": result["metric"], "dev_score": meta["best_dev_score"],
                      "best_step": meta["best_step"], "test_score": result["score"], "n_test": result["n"],
                      "train_seconds": meta["train_seconds"], "config_hash": meta["config_hash"]})
     df = pd.DataFrame(rows).sort_values(["model", "task", "seed"]).reset_index(drop=True)
