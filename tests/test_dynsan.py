@@ -763,6 +763,18 @@ def test_selection_counts_and_shares_by_hand():
     assert shares["selected_fraction"] == 0.25
     assert shares["answer_share_selected"] == 2 / 3 and shares["answer_enrichment"] == 2.0
     assert shares["question_enrichment"] == 1.0
+    # a candidate task: candidate 0 (the answer) is mentioned at 1-2, candidate 1 at 4-5
+    mentions = torch.zeros(1, 2, 6, dtype=torch.bool)
+    mentions[0, 0, 1:3] = True
+    mentions[0, 1, 4:6] = True
+    counts = selection_counts(model, {**batch, "mentions": mentions})
+    assert {k: counts[k] for k in ("mention", "selected_mention", "answer_mention", "selected_answer_mention")} == {
+        "mention": 8, "selected_mention": 3, "answer_mention": 4, "selected_answer_mention": 2}
+    shares = selection_shares(counts)
+    assert shares["mention_share_selected"] == 1.0 and shares["mention_enrichment"] == 1.5
+    # every pick is a mention; among the picked mentions 2 of 3 are the answer's, against 1 of 2 of all
+    assert shares["answer_share_of_mentions_selected"] == 2 / 3 and shares["answer_share_of_mentions_all"] == 0.5
+    assert shares["answer_vs_mentions_enrichment"] == pytest.approx(4 / 3)
     block.last_selected = None  # no attention path: nothing to count
     assert selection_counts(model, batch) == {} and selection_shares({}) == {}
 

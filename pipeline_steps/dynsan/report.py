@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 NOTE_COLUMNS = ["dropped", "truncated", "duplicates", "latin1_lines"]
 # what the first cross-passage block's heads attended among, on the test split (steps.selection_shares)
 SELECTION_COLUMNS = ["selected_fraction", "answer_share_selected", "answer_share_all", "answer_enrichment",
-                     "question_share_selected", "question_share_all", "question_enrichment"]
+                     "question_share_selected", "question_share_all", "question_enrichment",
+                     # candidate tasks: candidate-mention tokens, and the answer's share among them
+                     "mention_share_selected", "mention_share_all", "mention_enrichment",
+                     "answer_share_of_mentions_selected", "answer_share_of_mentions_all",
+                     "answer_vs_mentions_enrichment"]
 RESULT_COLUMNS = ["task", "kind", "variant", "seed", "em", "f1", "accuracy", "n_test", "params", "train_seconds",
                   "step_seconds", "train_cpu_seconds", "step_cpu_seconds", "peak_memory_mb", "best_step",
                   "config_hash", *SELECTION_COLUMNS, *NOTE_COLUMNS]  # + score and its seed statistics
@@ -127,11 +131,13 @@ def plot_scores(df: pd.DataFrame, path: str) -> None:
         ax.set_title(task)
         ax.set_ylim(0, 100)
         ax = axes[1, j]
-        sel = part.dropna(subset=["answer_enrichment"]).groupby("variant", sort=False)[
-            ["answer_enrichment", "question_enrichment"]].mean()
+        bars = {"answer_enrichment": "answer tokens", "question_enrichment": "question words"}
+        if part["answer_vs_mentions_enrichment"].notna().any():  # candidate tasks
+            bars["answer_vs_mentions_enrichment"] = "answer among candidate mentions"
+        sel = part.dropna(subset=["answer_enrichment"]).groupby("variant", sort=False)[list(bars)].mean()
         if len(sel):
             sel.plot.bar(ax=ax, rot=30, width=0.8)
-            ax.legend(ax.containers, ["answer tokens", "question words"], fontsize=7)  # the bars, not the line
+            ax.legend(ax.containers, list(bars.values()), fontsize=7)  # the bars, not the line
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_ylabel("share among picked / share of all")
         ax.set_xlabel("")

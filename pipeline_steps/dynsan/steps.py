@@ -166,22 +166,40 @@ def selection_counts(model: DynSAN, batch: dict) -> dict:
     ids = batch["p_ids"].reshape(b, -1)
     question = torch.stack([torch.isin(ids[i], batch["q_ids"][i][batch["q_mask"][i]]) for i in range(b)]) & mask
     answer &= mask
-    return {"tokens": int(mask.sum()) * heads, "selected": int(selected.sum()),
-            "answer": int(answer.sum()) * heads, "selected_answer": int((selected & answer[:, None]).sum()),
-            "question": int(question.sum()) * heads, "selected_question": int((selected & question[:, None]).sum())}
+    out = {"tokens": int(mask.sum()) * heads, "selected": int(selected.sum()),
+           "answer": int(answer.sum()) * heads, "selected_answer": int((selected & answer[:, None]).sum()),
+           "question": int(question.sum()) * heads, "selected_question": int((selected & question[:, None]).sum())}
+    if "mentions" in batch:  # candidate tasks: the mentions of every candidate, the answer's among them
+        mention = batch["mentions"].any(1) & mask
+        answer_mention = answer & mention
+        out.update({"mention": int(mention.sum()) * heads, "selected_mention": int((selected & mention[:, None]).sum()),
+                    "answer_mention": int(answer_mention.sum()) * heads,
+                    "selected_answer_mention": int((selected & answer_mention[:, None]).sum())})
+    return out
 
 
 def selection_shares(counts: dict) -> dict:
-    """Shares of answer and question-word tokens among the selected tokens and among all tokens, and
-    their ratio (enrichment: 1 = no better than picking tokens at random, K/L = ``selected_fraction``)."""
+    """Shares of answer, question-word and (candidate tasks) candidate-mention tokens among the selected
+    tokens and among all tokens, and their ratio (enrichment: 1 = no better than picking tokens at random,
+    K/L = ``selected_fraction``). Candidate tasks also get the answer's share among the candidate mentions,
+    selected and all (``answer_vs_mentions_enrichment`` 1: the heads pick the answer's mentions no more
+    often than the other candidates'; a gate that picks every entity mention has a high answer enrichment
+    but this ratio near 1)."""
     if not counts or not counts["tokens"]:
         return {}
     out = {"selected_fraction": counts["selected"] / counts["tokens"]}
-    for kind in ("answer", "question"):
+    for kind in ("answer", "question", "mention"):
+        if kind not in counts:
+            continue
         among_selected = counts[f"selected_{kind}"] / max(1, counts["selected"])
         among_all = counts[kind] / counts["tokens"]
         out.update({f"{kind}_share_selected": among_selected, f"{kind}_share_all": among_all,
                     f"{kind}_enrichment": among_selected / among_all if among_all else float("nan")})
+    if counts.get("mention"):
+        among_selected = counts["selected_answer_mention"] / max(1, counts["selected_mention"])
+        among_all = counts["answer_mention"] / counts["mention"]
+        out.update({"answer_share_of_mentions_selected": among_selected, "answer_share_of_mentions_all": among_all,
+                    "answer_vs_mentions_enrichment": among_selected / among_all if among_all else float("nan")})
     return out
 
 
