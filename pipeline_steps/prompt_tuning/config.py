@@ -14,8 +14,6 @@ class PromptTuningConfig(Settings):
     what = "prompt-tuning"
     schema = (SchemaSection(
         ("$defs", "prompt_tuning"),
-        defaults={"bucket_batches": "no schema default on purpose (absent = 0 = random batches): an absent key "
-                                    "leaves the rule params and config hashes of existing runs as they were"},
         schema_only_bounds={f"{k} maximum": SCHEMA_CAP
                             for k in ("prompt_length", "lr", "weight_decay", "max_length", "bucket_batches")}),)
 
@@ -31,7 +29,7 @@ class PromptTuningConfig(Settings):
     warmup_steps: int = 0
     grad_clip: float = 1.0
     checkpoint_every: int = 50
-    bucket_batches: int = 0  # >0: length-bucketed batches, sorted within windows of this many batches
+    bucket_batches: int = 16  # >0: length-bucketed batches, sorted within windows of this many batches; 0: random
     # fixed: dev evaluation every eval_every steps and at the end; log: also at steps 1, 2, 4, 8, ...
     # below eval_every (recorded in the curve only: the kept prompt is chosen on the fixed cadence)
     eval_schedule: str = "fixed"
