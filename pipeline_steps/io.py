@@ -164,14 +164,23 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def parse_json(text: str, where: str, expect: type | None = None, expected: str = "", line: int | None = None) -> Any:
+    """``json.loads(text)``, or a ``UserError`` ``WHERE: line N: not valid JSON (reason)``; with ``expect``,
+    a value of another type is a ``UserError`` ``WHERE: EXPECTED``. ``line``: the text is that line of
+    the file (JSON Lines), so errors name it."""
     from .errors import UserError
 
-    text = read_text(path)
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}: line {e.lineno}: not a readable JSON file ({e.msg})") from None
+        raise UserError(f"{where}: line {line or e.lineno}: not valid JSON ({e.msg})") from None
+    if expect is not None and not isinstance(data, expect):
+        raise UserError(f"{where}: {f'line {line}: ' if line else ''}{expected}")
+    return data
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return parse_json(read_text(path), str(path))
 
 
 def save_tensors(tensors: Mapping[str, "torch.Tensor"], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:

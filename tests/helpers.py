@@ -62,3 +62,20 @@ def snakemake_cli(workdir: Path, *args: str, timeout: int = 300, env: dict | Non
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *(["--cores", cores] if cores else []), *args]
     return subprocess.run(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def tokenized_reviews(bundle, path: Path, n: int = 48) -> str:
+    """A tokenised two-class review table (half train, a quarter dev, a quarter test) written to ``path``."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline_steps.data.tokenize import tokenize_frame
+    from pipeline_steps.io import write_parquet
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    texts = [("a great and fun film" if y else "an awful and dull film") + f" {i}" for i, y in enumerate(labels)]
+    split = ["train"] * (n // 2) + ["dev"] * (n // 4) + ["test"] * (n - n // 2 - n // 4)
+    df = pd.DataFrame({"idx": range(n), "text_a": texts, "text_b": "", "label": labels, "split": split})
+    write_parquet(tokenize_frame(df, bundle.tokenizer, "{text_a} It was {mask}.", 32), path)
+    return str(path)

@@ -425,6 +425,20 @@ def test_qangaroo_and_mrqa_loaders(tmp_path):
     assert out[0]["id"] == "m1" and "second one" in " ".join(out[0]["passages"]) and len(out[0]["passages"]) >= 2
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("d.jsonl", '{"question": "q", "passages": ["p"], "answers": ["a"]}\n\n{"question": "r",\n', r"line 3: not valid JSON \("),
+    ("d.jsonl", '{"question": "q", "passages": ["p"], "answers": ["a"]}\n["a list"]\n', r"line 2: a JSON object expected$"),
+    ("w.json", '[{"query": "q", "supports": ["p"]}, ]', r"line 1: not valid JSON \("),
+    ("w.json", '{"query": "q"}', r"a qangaroo file holds a JSON list of records$"),
+])
+def test_unparsable_files_name_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    fmt = "qangaroo" if name.endswith(".json") else None
+    with pytest.raises(UserError, match=f"^{path}: " + message):
+        D.read_local(str(path), fmt)
+
+
 def test_hub_records_of_each_source():
     searchqa = {"question": "This man wrote Hamlet", "answer": "Shakespeare", "category": "X",
                 "search_results": {"snippets": ["Hamlet by Shakespeare", "a play"], "urls": ["u1", "u2"]}}

@@ -1,16 +1,14 @@
 """FPT: partial models (depth, width, compound), progressive stages, FLOPs accounting."""
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, T5Config, T5ForConditionalGeneration
 
-from pipeline_steps.data.tokenize import tokenize_frame
+from helpers import tokenized_reviews
 from pipeline_steps.errors import UserError
 from pipeline_steps.flops import Meter, ModelDims, layer_flops, sequence_flops, step_flops
-from pipeline_steps.io import load_tensors, read_parquet, write_parquet
+from pipeline_steps.io import load_tensors, read_parquet
 from pipeline_steps.models.backbone import Backbone
 from pipeline_steps.models.partial import (PartialSpec, build_partial, ffn_scores, plan_partial, resolve_size,
                                            select_layers, top_neurons)
@@ -292,16 +290,6 @@ def test_expand_keeps_the_prompt_values(tiny_spec):
     assert m1.backbone is bundle.backbone and m1.verbalizer is verb and m0.backbone.num_layers == 1
 
 
-def _tokenized(bundle, path, n=48):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, n)
-    texts = [("a great and fun film" if y else "an awful and dull film") + f" {i}" for i, y in enumerate(labels)]
-    split = ["train"] * (n // 2) + ["dev"] * (n // 4) + ["test"] * (n - n // 2 - n // 4)
-    df = pd.DataFrame({"idx": range(n), "text_a": texts, "text_b": "", "label": labels, "split": split})
-    write_parquet(tokenize_frame(df, bundle.tokenizer, "{text_a} It was {mask}.", 32), path)
-    return str(path)
-
-
 def _stage_paths(root, i):
     d = root / f"stage{i}"
     return {"prompt": str(d / "prompt.safetensors"), "optimizer": str(d / "optimizer.safetensors"),
@@ -315,7 +303,7 @@ def test_progressive_stages_carry_prompt_and_optimizer_state(kind, tiny_spec, tm
 
     spec = tiny_spec(kind)
     bundle = load_bundle(spec)
-    tok = _tokenized(bundle, tmp_path / "tok.parquet")
+    tok = tokenized_reviews(bundle, tmp_path / "tok.parquet")
     scores = str(tmp_path / "scores.safetensors")
     fpt_steps.fpt_scores(model_spec=spec, task_spec=TASK, tokenized=tok, output=scores, samples=16)
     s_tensors, _ = load_tensors(scores)
@@ -372,7 +360,7 @@ def test_class_vectors_full_or_partial():
 def test_stage_needs_scores_for_width(tiny_spec, tmp_path):
 
     spec = tiny_spec("bert")
-    tok = _tokenized(load_bundle(spec), tmp_path / "tok.parquet", n=24)
+    tok = tokenized_reviews(load_bundle(spec), tmp_path / "tok.parquet", n=24)
     with pytest.raises(UserError, match="neuron scores"):
         fpt_steps.fpt_stage(model_spec=spec, task_spec=TASK, settings={"prompt_length": 2, "max_length": 32},
                             seed=1, method="fpt_width", tokenized=tok, stage_index=0, stage={"steps": 1, "ffn": 0.5},
@@ -383,7 +371,7 @@ def test_stage_refuses_a_previous_prompt_of_another_shape(tiny_spec, tmp_path):
     from pipeline_steps.io import save_tensors, write_json
 
     spec = tiny_spec("bert")
-    tok = _tokenized(load_bundle(spec), tmp_path / "tok.parquet", n=24)
+    tok = tokenized_reviews(load_bundle(spec), tmp_path / "tok.parquet", n=24)
     prev = _stage_paths(tmp_path, 0)
     save_tensors({"prompt": torch.zeros(3, 32)}, prev["prompt"])
     fpt_steps.save_optimizer_state({}, prev["optimizer"], {})

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import tokenized_reviews
 from pipeline_steps.data.tokenize import tokenize_frame
-from pipeline_steps.io import read_json, write_parquet
+from pipeline_steps.io import read_json
 from pipeline_steps.runtime import load_bundle
 from pipeline_steps.lpt import steps as lpt_steps
 from pipeline_steps.lpt.config import LatePromptConfig
@@ -218,16 +219,6 @@ def test_t5_late_prompt_at_layer_0_equals_input_prompt_tuning(tiny_spec):
         assert (late1(ids, mask, pos) - pt(ids, mask, pos)).abs().max() > 1e-5
 
 
-def _tokenized(bundle, path, n=48):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, n)
-    texts = [("a great and fun film" if y else "an awful and dull film") + f" {i}" for i, y in enumerate(labels)]
-    split = ["train"] * (n // 2) + ["dev"] * (n // 4) + ["test"] * (n - n // 2 - n // 4)
-    df = pd.DataFrame({"idx": range(n), "text_a": texts, "text_b": "", "label": labels, "split": split})
-    write_parquet(tokenize_frame(df, bundle.tokenizer, "{text_a} It was {mask}.", 32), path)
-    return str(path)
-
-
 @pytest.mark.parametrize("kind", ["bert", "t5"])
 def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path):
     from pipeline_steps.io import load_tensors
@@ -235,7 +226,7 @@ def test_lpt_run_trains_only_the_generator_and_reports(kind, tiny_spec, tmp_path
     spec = tiny_spec(kind)
     bundle = load_bundle(spec)
     before = {k: v.clone() for k, v in bundle.backbone.state_dict().items()}
-    tok = _tokenized(bundle, tmp_path / "tok.parquet")
+    tok = tokenized_reviews(bundle, tmp_path / "tok.parquet")
     settings = {"prompt_length": 4, "batch_size": 8, "eval_every": 2, "steps": 4, "lr": 0.01, "max_length": 32}
     out = {k: str(tmp_path / kind / f) for k, f in [("weights", "w.safetensors"), ("curve", "c.parquet"),
                                                     ("meta", "m.json"), ("predictions", "p.parquet"),

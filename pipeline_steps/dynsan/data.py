@@ -13,7 +13,6 @@ the context is split into passages at ``[DOC]``/``[PAR]`` markers).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -24,7 +23,7 @@ import pandas as pd
 
 from ..data.prepare import hub_splits
 from ..errors import UserError
-from ..io import iter_lines, read_text
+from ..io import iter_lines, parse_json, read_text
 from .config import DEV_FRACTION, SPLIT_SEED, TEST_FRACTION
 from .metrics import normalize_answer
 
@@ -218,12 +217,7 @@ def read_local(path: str, fmt: str | None = None) -> list[dict]:
     text = read_text(p, "data file")
     stripped = text.lstrip()
     if fmt == "qangaroo" or (fmt is None and stripped.startswith("[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON: {e}") from None
-        if not isinstance(data, list):
-            raise UserError(f"{path}: a qangaroo file holds a JSON list of records")
+        data = parse_json(text, str(path), list, "a qangaroo file holds a JSON list of records")
         return [{"id": r.get("id", i), "question": r.get("query"), "passages": r.get("supports"),
                  "candidates": r.get("candidates"), "answer": r.get("answer")} if isinstance(r, dict) else
                 {"__bad": True} for i, r in enumerate(data)]
@@ -231,13 +225,7 @@ def read_local(path: str, fmt: str | None = None) -> list[dict]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {n}: not valid JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}: line {n}: a JSON object expected")
-        lines.append(obj)
+        lines.append(parse_json(line, str(path), dict, "a JSON object expected", line=n))
     if not lines:
         raise UserError(f"{path}: the file has no records")
     if fmt == "mrqa" or (fmt is None and "header" in lines[0]):

@@ -3,14 +3,13 @@ KPT word-list files (read at config validation, so a bad line fails before any j
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, unknown_name
-from ..io import read_text
+from ..io import parse_json, read_text
 from ..settings import SchemaSection, Settings
 
 # variant -> which parts are on: knowledge-base words, frequency, relevance, calibration, learnable weights
@@ -89,12 +88,7 @@ def read_kb_file(path: str | os.PathLike, label_names: list[str]) -> dict[str, l
     path = Path(path)
     text = read_text(path, "knowledge-base file")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a JSON knowledge base must be an object mapping class name to a word list")
+        data = parse_json(text, str(path), dict, "a JSON knowledge base must be an object mapping class name to a word list")
         unknown = [k for k in data if k not in label_names]
         if unknown:
             raise UserError(f"{path}: classes {unknown} are not among the task's label_names {label_names}")

@@ -130,25 +130,25 @@ def _hub_kwargs(spec: dict) -> dict:
     return kw
 
 
+def _from_pretrained(auto_class, what: str, spec: dict, models_dir: str | os.PathLike):
+    where = resolve(spec, models_dir)
+    try:
+        return auto_class.from_pretrained(where, **_hub_kwargs(spec))
+    except OSError as e:
+        raise UserError(f"model '{spec.get('name', where)}': cannot load the {what} from '{where}': {e}") from None
+
+
 def load_tokenizer(spec: dict, models_dir: str | os.PathLike = MODELS_DIR):
     from transformers import AutoTokenizer
 
-    where = resolve(spec, models_dir)
-    try:
-        return AutoTokenizer.from_pretrained(where, **_hub_kwargs(spec))
-    except OSError as e:
-        raise UserError(f"model '{spec.get('name', where)}': cannot load the tokenizer from '{where}': {e}") from None
+    return _from_pretrained(AutoTokenizer, "tokenizer", spec, models_dir)
 
 
 def load_model_config(spec: dict, models_dir: str | os.PathLike = MODELS_DIR):
     """The model's transformers config only (no weights): for cheap checks before a job's long work."""
     from transformers import AutoConfig
 
-    where = resolve(spec, models_dir)
-    try:
-        return AutoConfig.from_pretrained(where, **_hub_kwargs(spec))
-    except OSError as e:
-        raise UserError(f"model '{spec.get('name', where)}': cannot load the config from '{where}': {e}") from None
+    return _from_pretrained(AutoConfig, "config", spec, models_dir)
 
 
 def load_hf_model(spec: dict, models_dir: str | os.PathLike = MODELS_DIR):
