@@ -37,3 +37,23 @@ def test_a_changed_score_or_a_missing_table_fails_and_is_named(tmp_path, capsys)
     assert "t.parquet: DIFFERS" in out and "score: 1 rows, largest at row 0: 0.5 vs 0.75" in out
     assert compare_tables.main([str(a), str(b), "--tolerance", "0.3"]) == 1  # still the extra table
     assert "t.parquet: identical" in capsys.readouterr().out
+
+
+def _claims(root: Path, wall_ratio: float, score_gain: float) -> Path:
+    tables = root / "results" / "tables"
+    tables.mkdir(parents=True)
+    pd.DataFrame({"claim_id": ["fpt.less_time", "fpt.comparable_score"],
+                  "effect_name": ["training wall time, FPT variant / PT", "test score, FPT variant minus PT (points)"],
+                  "effect": [wall_ratio, score_gain], "ci_low": [np.nan, score_gain - 1], "ci_high": [np.nan, score_gain + 1],
+                  "note": [f"ratio {wall_ratio}", ""], "verdict": ["inconclusive", "reproduced"]}).to_parquet(tables / "claims.parquet")
+    return root
+
+
+def test_claims_rows_measured_on_the_clock_are_set_aside_but_scores_are_not(tmp_path, capsys):
+    a, b = _claims(tmp_path / "a", 0.64, 2.0), _claims(tmp_path / "b", 0.69, 2.0)
+    assert compare_tables.main([str(a), str(b)]) == 0
+    assert "claims.parquet: identical (2 rows; set aside: effect/ci_low/ci_high/note of 1 timing rows)" in capsys.readouterr().out
+    c = _claims(tmp_path / "c", 0.64, 3.0)
+    assert compare_tables.main([str(a), str(c)]) == 1
+    out = capsys.readouterr().out
+    assert "effect: 1 rows, largest at row 1: 2.0 vs 3.0" in out and "ci_low" in out
