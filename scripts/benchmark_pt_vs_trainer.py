@@ -50,7 +50,6 @@ OURS = {
     "ours-base": (0, False, False, False),
     "ours-sorted-eval": (0, True, False, False),
     "ours-bucket": (4, False, False, False),
-    "ours-bucket16": (16, True, False, False),  # sorted eval + windows of 16 batches
     "ours-bf16": (0, False, True, False),
     "ours-fast": (4, True, False, False),
     "ours-fast-bf16": (4, True, True, False),
