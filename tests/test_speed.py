@@ -205,3 +205,15 @@ def test_cpu_bf16_autocast_where_supported_and_float32_fallback(monkeypatch, cap
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with runtime.autocast({"name": "m"}, cpu):  # float32 models: no autocast at all
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_length_bucketed_batches_are_the_default():
+    """Issue 22: the fast path is on unless a config turns it off; the demo config does not set it."""
+    from pipeline_steps.config import load_config
+    from pipeline_steps.prompt_tuning.config import PromptTuningConfig
+
+    assert PromptTuningConfig().bucket_batches == 16
+    cfg = load_config(REPO / "config.yaml")
+    assert cfg["prompt_tuning"]["bucket_batches"] == 16
+    assert load_config({**cfg, "prompt_tuning": {**cfg["prompt_tuning"], "bucket_batches": 0}})[
+        "prompt_tuning"]["bucket_batches"] == 0
