@@ -71,8 +71,13 @@ def _train_args(tiny_spec, tmp_path, name: str, steps: int) -> list[str]:
     tok = tmp_path / "tok.parquet"
     if not tok.exists():
         tokenized_reviews(load_bundle(spec), tok)
-    task = {"name": "t", "label_names": ["negative", "positive"], "label_words": {"negative": ["bad"],
-            "positive": ["good"]}, "template": "{text_a} It was {mask}.", "metric": "accuracy"}
+    from helpers import TINY
+    from pipeline_steps.config import validate
+    from pipeline_steps.specs import task_spec
+
+    cfg = json.loads(json.dumps(TINY))
+    validate(cfg, origin="test")
+    task = task_spec(cfg, "movies")
     settings = PromptTuningConfig(prompt_length=4, steps=steps, batch_size=8, eval_every=2, max_length=32,
                                   checkpoint_every=1000).to_dict()
     args = {"model_spec": spec, "task_spec": task, "settings": settings, "seed": 3, "tokenized": str(tok)}
