@@ -350,6 +350,9 @@ def _folder() -> str:
     return folder
 
 
+_started: dict = {}  # socket path -> the worker process this Snakemake process started
+
+
 def start(python: str, repo: str, log_path: str, threads: int = 1, wait_seconds: float = 0.0) -> str | None:
     """Launch the worker for this Snakemake process; return its socket path (also set in this process's
     ``PTW_WARM_SOCKET``, which the jobs inherit), or None when warm start is off or cannot start.
@@ -379,8 +382,6 @@ def start(python: str, repo: str, log_path: str, threads: int = 1, wait_seconds:
         time.sleep(0.05)
     return path
 
-
-_started: dict = {}
 
 
 def stop() -> None:
