@@ -87,13 +87,12 @@ def check_args(name: str, fn, kwargs) -> None:
                 check_spec(spec, kind, at + (f"[{i}]" if isinstance(value, list) else ""))
 
 
-def main(argv: list[str] | None = None, warm: bool = True) -> int:
-    if warm:  # a run's warm worker (pipeline_steps/warm.py) runs the step without paying the imports
-        from .warm import run_in_worker
+def main(argv: list[str] | None = None) -> int:
+    from .warm import run_in_worker  # a run's warm worker runs the step without paying the imports
 
-        code = run_in_worker(sys.argv[1:] if argv is None else argv)
-        if code is not None:
-            return code
+    code = run_in_worker(sys.argv[1:] if argv is None else argv)
+    if code is not None:
+        return code
     from .errors import UserError
     from .logsetup import setup_logging  # not runtime: that imports torch
 

@@ -8,8 +8,8 @@ How it fits together:
 - A job's ``python -m pipeline_steps STEP ...`` (cli.main) calls ``run_in_worker(argv)`` first: it
   connects, sends its arguments, working directory and environment, and hands over its stdin, stdout
   and stderr (so the child writes straight into the job's log). The worker forks; the child runs
-  ``cli.main`` with a fresh import of ``pipeline_steps`` (code edits take effect) and exits with the
-  step's status, which the worker passes back. The job process forwards SIGTERM/SIGINT/SIGHUP to the
+  ``pipeline_steps/__main__.py`` as the job would, on a fresh import of ``pipeline_steps`` (code edits
+  take effect; this module never imports the CLI), and exits with the step's status, which the worker passes back. The job process forwards SIGTERM/SIGINT/SIGHUP to the
   child, and the child ends itself when the job process goes away.
 - Whenever the worker cannot serve a job (not running, a different environment, a different Python,
   any error while connecting) the job runs in its own process as before: the warm path changes how fast
@@ -104,6 +104,27 @@ def run_in_worker(argv: list[str]) -> int | None:
         return None
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    child = {"pid": None, "pending": []}
+
+    def forward(signum, _frame):  # a signal for the job goes to the child that runs it
+        if child["pid"] is None:
+            child["pending"].append(signum)  # not forked yet: pass it on once it is
+            return
+        try:
+            os.kill(child["pid"], signum)
+        except ProcessLookupError:
+            pass
+
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+
+    def run_cold():  # give the signals back; one that came meanwhile acts as it would have
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in child["pending"]:
+            signal.raise_signal(sig)
+        return None
+
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(os.environ[ENV_SOCKET])
@@ -112,20 +133,13 @@ def run_in_worker(argv: list[str]) -> int | None:
         reply, _ = _recv(conn)
     except (OSError, EOFError, ValueError):
         conn.close()
-        return None
+        return run_cold()
     if not reply.get("ok"):
         conn.close()
-        return None
-    pid = int(reply["pid"])
-
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+        return run_cold()
+    child["pid"] = int(reply["pid"])
+    for sig in child["pending"]:
+        forward(sig, None)
     try:
         status, _ = _recv(conn)
     except (OSError, EOFError, ValueError):  # the worker died under us: make sure the child does too
@@ -158,6 +172,7 @@ def _child(conn: socket.socket, request: dict, fds: list[int], others: list[sock
         os.environ.update(request["env"])
         for key, value in added.items():
             os.environ.setdefault(key, value)
+        os.environ.pop(ENV_SOCKET, None)  # this process runs the step itself
         import tempfile
 
         tempfile.tempdir = None  # found again from this job's TMPDIR
@@ -181,10 +196,11 @@ def _child(conn: socket.socket, request: dict, fds: list[int], others: list[sock
         threading.Thread(target=watch_job, daemon=True).start()
         print(f"warm start: this step runs in a child of the warm worker (pid {os.getppid()}; "
               "pipeline_steps/warm.py)", file=sys.stderr, flush=True)
-        from pipeline_steps.cli import main
+        import runpy
 
-        try:
-            code = main(request["argv"], warm=False)
+        try:  # exactly what the job's ``python -m pipeline_steps ...`` runs, on a fresh import
+            runpy.run_module("pipeline_steps", run_name="__main__", alter_sys=True)
+            code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:

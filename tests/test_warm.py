@@ -118,7 +118,8 @@ def test_status_and_error_lines_come_back_unchanged(worker, tmp_path):
 
 
 def test_another_environment_runs_cold_and_the_worker_says_why(worker, tmp_path):
-    res = _step({**worker["env"], "HF_HUB_OFFLINE": "1", "PTW_TEST_MARK": "x"}, "no-such-step", cwd=tmp_path)
+    offline = "0" if worker["env"].get("HF_HUB_OFFLINE") == "1" else "1"  # differs from the worker's
+    res = _step({**worker["env"], "HF_HUB_OFFLINE": offline, "PTW_TEST_MARK": "x"}, "no-such-step", cwd=tmp_path)
     assert res.returncode == 2 and "unknown step" in res.stderr and WARM_LINE not in res.stderr
     assert "declined a job (another environment: HF_HUB_OFFLINE, PTW_TEST_MARK)" in worker["log"].read_text()
     # the thread counts Snakemake sets per job are part of the environment: 2 threads is not 1
