@@ -6,6 +6,7 @@ import yaml
 from pipeline_steps.config import load_config
 from pipeline_steps.specs import pt_settings, task_spec
 from pipeline_steps.errors import UserError
+from helpers import REPO
 
 
 def test_repo_config_is_valid_and_defaults_filled(repo_config):
@@ -202,3 +203,16 @@ def test_missing_local_model_only_kpt_uses(minimal_config, tmp_path):
     minimal_config["kpt"] = {"models": ["mine"], "tasks": {"t": {"knowledge_bases": ["v"]}},
                              "knowledge_bases": {"v": {"source": "vader", "polarity": {"negative": -1, "positive": 1}}}}
     _expect(minimal_config, "models.mine.source", "does not exist", "used by kpt.models")
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (REPO / "resources/configs").glob("*.yaml")))
+def test_every_shipped_config_overlay_is_valid_on_the_demo_config(overlay):
+    """Each ``resources/configs/*.yaml`` is used as ``--configfile`` on top of config.yaml: merged the way
+    Snakemake merges (nested mappings key by key), it must pass validation and name the tasks it runs."""
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((REPO / "resources/configs" / overlay).read_text()))
+    cfg = load_config(cfg, origin=overlay)
+    for task in cfg["dynsan"]["run"]["tasks"]:
+        assert task in cfg["dynsan"]["tasks"], (overlay, task)
