@@ -9,8 +9,9 @@ How it fits together:
   connects, sends its arguments, working directory and environment, and hands over its stdin, stdout
   and stderr (so the child writes straight into the job's log). The worker forks; the child runs
   ``pipeline_steps/__main__.py`` as the job would, on a fresh import of ``pipeline_steps`` (code edits
-  take effect; this module never imports the CLI), and exits with the step's status, which the worker passes back. The job process forwards SIGTERM/SIGINT/SIGHUP to the
-  child, and the child ends itself when the job process goes away.
+  take effect; this module never imports the CLI), and exits with the step's status, which the worker
+  passes back. The job process forwards SIGTERM/SIGINT/SIGHUP to the child, and the child ends itself
+  when the job process goes away.
 - Whenever the worker cannot serve a job (not running, a different environment, a different Python,
   any error while connecting) the job runs in its own process as before: the warm path changes how fast
   a job starts, never what it computes. Results are the same (tests/test_warm.py runs steps both ways).
@@ -40,8 +41,8 @@ PRELOAD = ("numpy", "torch", "transformers", "transformers.models.bert.modeling_
            "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
            "safetensors.torch", "pandas", "pyarrow.parquet", "matplotlib")
 # environment variables that may differ between a job and the worker without changing what a step
-# computes (shell bookkeeping, Snakemake's per-job values); any other difference -> run cold
-# (shell bookkeeping; the temporary folder, which Snakemake sets per job and the child takes over)
+# computes (shell bookkeeping; the temporary folder, which Snakemake sets per job and the child takes
+# over); any other difference -> run cold
 VOLATILE_ENV = frozenset({"_", "PWD", "OLDPWD", "SHLVL", "PS1", "PS2", "COLUMNS", "LINES", "TERM",
                           "TMPDIR", "TMP", "TEMP", "TEMPDIR"})
 # the thread counts Snakemake gives each job (snakemake/shell.py); the worker gets the same before its
@@ -92,9 +93,12 @@ def _identity() -> dict:
 
 # --- job side --------------------------------------------------------------------------------------
 
-def enabled(env=None) -> bool:
-    env = os.environ if env is None else env
-    return env.get(ENV_SWITCH, "1") != "0" and bool(env.get(ENV_SOCKET))
+def _switched_off() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") == "0"
+
+
+def enabled() -> bool:
+    return not _switched_off() and bool(os.environ.get(ENV_SOCKET))
 
 
 def run_in_worker(argv: list[str]) -> int | None:
@@ -285,8 +289,7 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = IDLE_S
                     why = "another Python"
                 elif len(fds) != 3:
                     why = "no standard streams"
-                elif _env_key(request.get("env", {})) != env_key:
-                    theirs = _env_key(request.get("env", {}))
+                elif (theirs := _env_key(request.get("env", {}))) != env_key:
                     why = "another environment: " + ", ".join(sorted(
                         k for k in set(theirs) | set(env_key) if theirs.get(k) != env_key.get(k)))
                 if why:
@@ -349,8 +352,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # exists, owned by another user
+        pass
     return True
 
 
@@ -369,13 +372,13 @@ def _folder() -> str:
 _started: dict = {}  # socket path -> the worker process this Snakemake process started
 
 
-def start(python: str, repo: str, log_path: str, threads: int = 1, wait_seconds: float = 0.0) -> str | None:
+def start(python: str, repo: str, log_path: str, threads: int = 1) -> str | None:
     """Launch the worker for this Snakemake process; return its socket path (also set in this process's
     ``PTW_WARM_SOCKET``, which the jobs inherit), or None when warm start is off or cannot start.
     ``threads``: the thread count of the jobs it serves (others run cold)."""
     import subprocess
 
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not hasattr(socket, "AF_UNIX") or not hasattr(os, "fork"):
+    if _switched_off() or not hasattr(socket, "AF_UNIX") or not hasattr(os, "fork"):
         return None
     try:
         path = os.path.join(_folder(), f"{os.getpid()}.sock")
@@ -393,11 +396,7 @@ def start(python: str, repo: str, log_path: str, threads: int = 1, wait_seconds:
         return None
     os.environ[ENV_SOCKET] = path
     _started[path] = proc
-    deadline = time.monotonic() + wait_seconds
-    while wait_seconds and not os.path.exists(path) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
     return path
-
 
 
 def stop() -> None:
