@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def test_full_run_then_noop_then_incremental(workdir):
     assert (workdir / "logs/train_prompt/tiny-bert-movies-seed1.log").read_text().count("step 4/4") == 1
     assert (workdir / "benchmarks/train_prompt/tiny-bert-movies-seed1.tsv").exists()
     assert not list((workdir / "results").rglob(".*.tmp")) and not list((workdir / "results/checkpoints").rglob("*.safetensors"))
+    # a local run: the Snakefile's warm worker (warm_start, default on) ran jobs, and ended with the run
+    worker_log = (workdir / "logs/warm_worker.log").read_text()
+    served = re.findall(r"served (\d+) job\(s\), stopping", worker_log)
+    assert len(served) == 1 and int(served[0]) > 0, worker_log
+    assert any("warm start: this step runs in a child" in log.read_text() for log in (workdir / "logs").rglob("*.log"))
 
     first = outputs(workdir)
     snakemake(workdir)  # no-op: nothing is rebuilt
