@@ -36,6 +36,7 @@ import time
 ENV_SOCKET = "PTW_WARM_SOCKET"
 ENV_SWITCH = "PTW_WARM"  # "0" turns the warm path off for a job (and start() off for a run)
 IDLE_SECONDS = 900
+JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what a job passes on to its child
 # what the worker imports before it forks: the heavy libraries every model step needs, not the project
 PRELOAD = ("numpy", "torch", "transformers", "transformers.models.bert.modeling_bert",
            "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
@@ -119,8 +120,7 @@ def run_in_worker(argv: list[str]) -> int | None:
         except ProcessLookupError:
             pass
 
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    previous = {sig: signal.signal(sig, forward) for sig in JOB_SIGNALS}
 
     def run_cold():  # give the signals back; one that came meanwhile acts as it would have
         for sig, handler in previous.items():
@@ -160,14 +160,16 @@ def run_in_worker(argv: list[str]) -> int | None:
 # --- worker side -----------------------------------------------------------------------------------
 
 def _child(conn: socket.socket, request: dict, fds: list[int], others: list[socket.socket],
-           added: dict) -> None:
-    """In the forked child: become the job (its streams, folder, environment) and run the step."""
+           added: dict, mask: set) -> None:
+    """In the forked child: become the job (its streams, folder, environment) and run the step.
+    The job's signals arrive blocked (see serve): they act only once the worker's handlers are gone."""
     code = 1
     try:
+        for sig in (*JOB_SIGNALS, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile ends us now
         for other in others:
             other.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
@@ -302,12 +304,16 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = IDLE_S
                     conn.close()
                     print(f"warm worker: declined a job ({why})", flush=True)
                     continue
+                # the job may pass a signal on as soon as it has the pid: until the child has dropped
+                # the worker's handlers (which would swallow it) the signal must wait, blocked
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
                 pid = os.fork()
                 if pid == 0:
                     signal.set_wakeup_fd(-1)
                     os.close(wake_r)
                     os.close(wake_w)
-                    _child(conn, request, fds, [listener, *running.values()], added)
+                    _child(conn, request, fds, [listener, *running.values()], added, mask)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 for fd in fds:
                     os.close(fd)
                 running[pid] = conn

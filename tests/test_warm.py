@@ -130,24 +130,61 @@ def test_another_environment_runs_cold_and_the_worker_says_why(worker, tmp_path)
     assert res.returncode == 2 and "unknown step" in res.stderr and "warm" not in res.stderr
 
 
-def _child_of(worker_proc) -> psutil.Process:
-    return _wait(lambda: next(iter(psutil.Process(worker_proc.pid).children()), None), 60, "the worker's child")
+def _children(worker_proc) -> set[int]:
+    return {c.pid for c in psutil.Process(worker_proc.pid).children()}
+
+
+def _new_child_of(worker_proc, before: set[int]) -> psutil.Process:
+    """The worker's child that was not there before (not one a failed earlier test left running)."""
+    pid = _wait(lambda: next(iter(_children(worker_proc) - before), None), 60, "the worker's child")
+    return psutil.Process(pid)
+
+
+def _end_a_long_step(worker, tiny_spec, tmp_path, how):
+    before = _children(worker["proc"])
+    job = subprocess.Popen([sys.executable, "-m", "pipeline_steps", *_train_args(tiny_spec, tmp_path, how, 100000)],
+                           env=worker["env"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    child = _new_child_of(worker["proc"], before)
+    os.kill(job.pid, getattr(signal, how))
+    try:
+        status = job.wait(timeout=30)
+        assert status == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL)
+        _wait(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 30, "the child to end")
+    finally:  # never leave a 100000-step child behind for the next test
+        job.kill()
+        if child.is_running():
+            child.kill()
+    assert not (tmp_path / how / "prompt.safetensors").exists()
+    assert worker["proc"].poll() is None  # the worker itself carries on
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_ending_the_job_ends_the_step(worker, tiny_spec, tmp_path, how):
     """Snakemake cancels a job by signalling its process: the step in the worker's child ends with it
     (SIGTERM is passed on; after SIGKILL the child notices that the job process is gone)."""
-    job = subprocess.Popen([sys.executable, "-m", "pipeline_steps", *_train_args(tiny_spec, tmp_path, how, 100000)],
-                           env=worker["env"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
-    child = _child_of(worker["proc"])
-    os.kill(job.pid, getattr(signal, how))
-    status = job.wait(timeout=30)
-    assert status == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL)
-    _wait(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 30, "the child to end")
-    assert not (tmp_path / how / "prompt.safetensors").exists()
-    assert worker["proc"].poll() is None  # the worker itself carries on
+    _end_a_long_step(worker, tiny_spec, tmp_path, how)
+
+
+def test_a_signal_right_after_the_fork_is_not_lost(tmp_path_factory, tiny_spec, tmp_path):
+    """A SIGTERM the job passes on while the freshly forked child still has the worker's handlers must
+    still end the child (it failed in CI: the worker's handler took it, and the step ran on). A worker
+    whose children pause 1 s right after the fork holds that window open."""
+    root = tmp_path_factory.mktemp("slowfork")
+    sock = str(root / "w.sock")
+    env = _job_env({warm.ENV_SOCKET: sock})
+    code = ("import os, sys, time; os.register_at_fork(after_in_child=lambda: time.sleep(1.0)); "
+            "from pipeline_steps import warm; warm.serve(sys.argv[1], int(sys.argv[2]))")
+    log = root / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-c", code, sock, str(os.getpid())], env=env, cwd=REPO,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: os.path.exists(sock) or proc.poll() is not None, 120, "the worker's socket")
+        assert proc.poll() is None, log.read_text()
+        _end_a_long_step({"proc": proc, "env": env}, tiny_spec, tmp_path, "SIGTERM")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def test_worker_ends_with_its_run_and_refuses_a_shared_folder(tmp_path, monkeypatch):
