@@ -42,23 +42,31 @@ def _wait(cond, timeout: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    """A worker serving jobs with ``_job_env()``, owned by this test process (as by Snakemake's)."""
-    root = tmp_path_factory.mktemp("warm")
+def _start_worker(root: Path, prelude: str | None = None) -> dict:
+    """``python -m pipeline_steps.warm serve`` for jobs with ``_job_env()``, owned by this test process (as
+    by Snakemake's); with ``prelude``, that Python code runs first in the worker's process."""
     sock = str(root / "w.sock")
     env = _job_env({warm.ENV_SOCKET: sock})
     log = root / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_steps.warm", "serve", sock, str(os.getpid())],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO,
-                            start_new_session=True)
+    serve = [sock, str(os.getpid())]
+    argv = ["-m", "pipeline_steps.warm", "serve", *serve] if prelude is None else \
+        ["-c", f"{prelude}; import sys; from pipeline_steps import warm; warm.serve(sys.argv[1], int(sys.argv[2]))",
+         *serve]
+    proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            cwd=REPO, start_new_session=True)
     _wait(lambda: os.path.exists(sock) or proc.poll() is not None, 120, "the worker's socket")
     assert proc.poll() is None, log.read_text()
-    yield {"proc": proc, "env": env, "log": log}
-    proc.terminate()
-    proc.wait(timeout=20)
-    assert not os.path.exists(sock)  # it cleans up after itself
-    assert "stopping" in log.read_text()
+    return {"proc": proc, "env": env, "log": log, "sock": sock}
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    w = _start_worker(tmp_path_factory.mktemp("warm"))
+    yield w
+    w["proc"].terminate()
+    w["proc"].wait(timeout=20)
+    assert not os.path.exists(w["sock"])  # it cleans up after itself
+    assert "stopping" in w["log"].read_text()
 
 
 def _step(env, *argv, cwd, **kw) -> subprocess.CompletedProcess:
@@ -170,21 +178,13 @@ def test_a_signal_right_after_the_fork_is_not_lost(tmp_path_factory, tiny_spec, 
     """A SIGTERM the job passes on while the freshly forked child still has the worker's handlers must
     still end the child (it failed in CI: the worker's handler took it, and the step ran on). A worker
     whose children pause 1 s right after the fork holds that window open."""
-    root = tmp_path_factory.mktemp("slowfork")
-    sock = str(root / "w.sock")
-    env = _job_env({warm.ENV_SOCKET: sock})
-    code = ("import os, sys, time; os.register_at_fork(after_in_child=lambda: time.sleep(1.0)); "
-            "from pipeline_steps import warm; warm.serve(sys.argv[1], int(sys.argv[2]))")
-    log = root / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-c", code, sock, str(os.getpid())], env=env, cwd=REPO,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    w = _start_worker(tmp_path_factory.mktemp("slowfork"),
+                      prelude="import os, time; os.register_at_fork(after_in_child=lambda: time.sleep(1.0))")
     try:
-        _wait(lambda: os.path.exists(sock) or proc.poll() is not None, 120, "the worker's socket")
-        assert proc.poll() is None, log.read_text()
-        _end_a_long_step({"proc": proc, "env": env}, tiny_spec, tmp_path, "SIGTERM")
+        _end_a_long_step(w, tiny_spec, tmp_path, "SIGTERM")
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        w["proc"].terminate()
+        w["proc"].wait(timeout=20)
 
 
 def test_worker_ends_with_its_run_and_refuses_a_shared_folder(tmp_path, monkeypatch):
